@@ -9,12 +9,26 @@ from emoflow.corpora.record import (
     read_manifest,
     write_manifest,
 )
+from emoflow.corpora.base import CorpusError, ItemError, open_source
+from emoflow.corpora.adapters import ADAPTERS, get_adapter
+from emoflow.corpora.validate import IngestError, ValidationConfig, decode_audio
+from emoflow.corpora.ingest import IngestResult, ingest
 
 __all__ = [
+    "ADAPTERS",
+    "CorpusError",
+    "IngestError",
+    "IngestResult",
+    "ItemError",
     "ManifestError",
     "Utterance",
+    "ValidationConfig",
+    "decode_audio",
+    "get_adapter",
+    "ingest",
     "iter_manifest",
     "manifest_bytes",
+    "open_source",
     "parse_manifest_bytes",
     "read_manifest",
     "write_manifest",

@@ -1,0 +1,26 @@
+from kfp import dsl
+
+from emoflow.images import image
+
+
+@dsl.component(base_image=image("base"), install_kfp_package=False)
+def deploy(
+    registration: dict,
+    store: str,
+    target: str,
+    port: int,
+    namespace: str,
+    isvc_name: str,
+    gpu: int,
+    node_selector: dict,
+    tolerations: list,
+    service_account: str,
+    canary_traffic_percent: int,
+) -> str:
+    """Serve the production model: a KServe InferenceService, or the same predictor on 127.0.0.1."""
+    from emoflow import steps
+
+    ref = f"{registration['model']}@production"
+    return steps.deploy(ref, store, target=target, port=port, namespace=namespace, isvc_name=isvc_name,
+                        gpu=gpu, node_selector=node_selector, tolerations=tolerations,
+                        service_account=service_account, canary_traffic_percent=canary_traffic_percent)

@@ -1,0 +1,14 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Output
+
+from emoflow.images import image
+
+
+@dsl.component(base_image=image("base"), install_kfp_package=False)
+def features(manifest: Input[Dataset], store: str, feature_config: dict, featurized: Output[Dataset]) -> dict:
+    """Log-mel features into the store, keyed by the hash of the feature config."""
+    from emoflow import steps
+
+    summary = steps.features(manifest.path, featurized.path, store, feature_config)
+    featurized.metadata["config_hash"] = summary["config_hash"]
+    return summary

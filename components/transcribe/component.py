@@ -1,0 +1,14 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Output
+
+from emoflow.images import image
+
+
+@dsl.component(base_image=image("base"), install_kfp_package=False)
+def transcribe(manifest: Input[Dataset], backend: str, store: str, transcribed: Output[Dataset]) -> dict:
+    """Fill the text of each utterance: reference transcripts, or ASR (faster-whisper, pocketsphinx)."""
+    from emoflow import steps
+
+    summary = steps.transcribe(manifest.path, transcribed.path, backend=backend, store=store)
+    transcribed.metadata.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+    return summary

@@ -1,0 +1,1 @@
+"""Kubeflow pipelines built from the components in components/."""

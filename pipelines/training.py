@@ -1,0 +1,143 @@
+"""The training DAG: ingest → transcribe → features → (train → evaluate) per architecture →
+register (winner) → deploy.
+
+Compile with ``emoflow compile`` (or ``python -m pipelines.training out.yaml``) and upload the YAML
+in the Kubeflow UI; run it on this machine with ``emoflow run``.
+"""
+
+
+from kfp import dsl, kubernetes
+
+from components.deploy.component import deploy
+from components.evaluate.component import evaluate
+from components.features.component import features
+from components.ingest.component import ingest
+from components.register.component import register
+from components.train.component import train
+from components.transcribe.component import transcribe
+
+PIPELINE_NAME = "emoflow-training"
+S3_SECRET = "emoflow-s3"
+S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
+DEFAULT_FEATURES = {"n_mels": 128, "win_ms": 25, "hop_ms": 10, "sample_rate": 16000, "normalize": "segment"}
+
+
+def _storage_task(task: dsl.PipelineTask, *, cluster: bool, retries: int = 2,
+                  timeout_s: int = 4 * 3600) -> dsl.PipelineTask:
+    """Retries and S3 credentials (from a Kubernetes secret, as env) for steps that touch the store.
+
+    Locally (kfp.local honours retries and their back-off) a failure is reported at once instead."""
+    if cluster:
+        task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0)
+        kubernetes.set_timeout(task, timeout_s)
+        kubernetes.use_secret_as_env(task, secret_name=S3_SECRET, secret_key_to_env=S3_SECRET_KEYS)
+    return task
+
+
+def build_pipeline(*, cluster: bool = True):
+    """The pipeline function; `cluster=False` drops Kubernetes-only settings for kfp.local."""
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Multimodal (speech + text) emotion recognition: ingest, transcribe, features, "
+        "LOSO training per architecture, evaluation, registration of the winner and deployment.",
+    )
+    def training_pipeline(
+        corpus: str = "demo",
+        source: str = "",
+        store: str = "s3://emoflow",
+        architectures: list = ["a1"],
+        preset: str = "tiny",
+        epochs: int = 0,
+        fold_scheme: str = "logo",
+        n_folds: int = 0,
+        seed: int = 0,
+        transcribe_backend: str = "auto",
+        feature_config: dict = DEFAULT_FEATURES,
+        ingest_options: dict = {},
+        model_name: str = "emoflow",
+        alias: str = "production",
+        winner_metric: str = "ua",
+        promote_margin: float = 0.0,
+        deploy_target: str = "kserve",
+        serve_port: int = 8080,
+        namespace: str = "emoflow",
+        isvc_name: str = "emoflow",
+        accelerator_type: str = "nvidia.com/gpu",
+        gpu_count: int = 1,
+        node_selector: dict = {},
+        tolerations: list = [],
+        service_account: str = "emoflow-s3",
+        canary_traffic_percent: int = -1,
+    ):
+        """Parameters:
+        corpus: corpus adapter (demo, iemocap, meld, mosei, ravdess, cremad, emodb, csv)
+        source: corpus location: a folder or s3://bucket/prefix (empty for demo: generated)
+        store: artifact store URI (s3://bucket/prefix on a cluster)
+        architectures: architectures to train, one branch each (a1, a2, a3, a4)
+        preset: preset name per architecture (tiny, paper, offline) or a YAML path
+        epochs: override the preset's epochs (0 = preset)
+        fold_scheme: logo (leave one session out), speaker_groups, official
+        n_folds: folds for speaker_groups (0 = one per group)
+        alias: production (register and promote) or candidate (promote only if better)
+        deploy_target: kserve (InferenceService) or local (127.0.0.1) or none
+        accelerator_type / gpu_count / node_selector / tolerations: GPU placement of training
+        """
+        ing = ingest(corpus=corpus, source=source, store=store, options=ingest_options)
+        ing.set_caching_options(False)  # reads external data: never reuse a stale manifest
+        _storage_task(ing, cluster=cluster)
+        tr = transcribe(manifest=ing.outputs["manifest"], backend=transcribe_backend, store=store)
+        _storage_task(tr, cluster=cluster)
+        feat = features(manifest=tr.outputs["transcribed"], store=store, feature_config=feature_config)
+        _storage_task(feat, cluster=cluster)
+        with dsl.ParallelFor(architectures, parallelism=4) as arch:
+            fit = train(
+                manifest=feat.outputs["featurized"], store=store, arch=arch, preset=preset, epochs=epochs,
+                fold_scheme=fold_scheme, n_folds=n_folds, seed=seed, feature_config=feature_config,
+            )
+            fit.set_accelerator_type(accelerator_type).set_accelerator_limit(gpu_count)
+            fit.set_memory_limit("32G").set_cpu_limit("8")
+            _storage_task(fit, cluster=cluster, retries=3, timeout_s=24 * 3600)
+            if cluster:
+                kubernetes.add_node_selector_json(fit, node_selector)
+                kubernetes.add_toleration_json(fit, tolerations)
+            ev = evaluate(predictions=fit.outputs["predictions"], corpus=corpus)
+        reg = register(
+            models=dsl.Collected(fit.outputs["model"]),
+            evaluations=dsl.Collected(ev.outputs["evaluation"]),
+            store=store, model_name=model_name, alias=alias, winner_metric=winner_metric,
+            promote_margin=promote_margin, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        )
+        _storage_task(reg, cluster=cluster)
+        reg.set_caching_options(False)
+        with dsl.If(deploy_target != "none"):
+            dep = deploy(
+                registration=reg.output, store=store, target=deploy_target, port=serve_port,
+                namespace=namespace, isvc_name=isvc_name, gpu=gpu_count, node_selector=node_selector,
+                tolerations=tolerations, service_account=service_account,
+                canary_traffic_percent=canary_traffic_percent,
+            )
+            dep.set_caching_options(False)
+            if cluster:
+                kubernetes.set_timeout(dep, 1800)
+                kubernetes.use_secret_as_env(dep, secret_name=S3_SECRET, secret_key_to_env=S3_SECRET_KEYS)
+
+    return training_pipeline
+
+
+def pipeline_params() -> set[str]:
+    """Names of the pipeline's parameters (what `emoflow run` may pass)."""
+    return set(build_pipeline(cluster=False).component_spec.inputs or {})
+
+
+def compile_pipeline(path: str, *, cluster: bool = True) -> str:
+    from kfp import compiler
+
+    compiler.Compiler().compile(build_pipeline(cluster=cluster), package_path=path)
+    return path
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(compile_pipeline(sys.argv[1] if len(sys.argv) > 1 else "emoflow-training.yaml"))

@@ -1,0 +1,167 @@
+"""Classification metrics as the speech-emotion papers name them (scikit-learn underneath).
+
+- WA  (weighted accuracy)   = overall accuracy: correct / total; classes weigh by their size.
+- UA  (unweighted accuracy) = balanced accuracy: mean of the per-class recalls over the classes
+  present in the ground truth (a class without test samples has no recall and is left out).
+- WF1 (weighted F1) = per-class F1 averaged with weights = class support.
+- MF1 (macro F1)    = unweighted mean of per-class F1 over the classes that occur in the ground
+  truth or in the predictions.
+
+All values are fractions in [0, 1]; reports show them as percentages.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
+
+SCALAR_METRICS = ("ua", "wa", "wf1", "mf1")
+
+GLOSSARY = {
+    "wa": "WA — weighted accuracy = overall accuracy (correct / all); large classes weigh more.",
+    "ua": "UA — unweighted accuracy = balanced accuracy = mean per-class recall (classes with test "
+          "samples); every emotion weighs the same.",
+    "wf1": "WF1 — weighted F1: per-class F1 averaged with weights proportional to class support.",
+    "mf1": "MF1 — macro F1: unweighted mean of per-class F1 (classes present in truth or "
+           "predictions).",
+    "fold mean ± std": "metric computed on each fold's test part, then mean and population standard "
+                       "deviation (ddof=0) over folds.",
+    "pooled": "metric computed once on the predictions of all folds together (each utterance is "
+              "tested in exactly one fold).",
+    "confusion": "rows = true emotion, columns = predicted emotion; counts, and row-normalised "
+                 "(each row divided by its total = per-class recall on the diagonal; empty rows "
+                 "stay zero).",
+}
+
+
+def _indices(values: Sequence, labels: list, what: str) -> np.ndarray:
+    """Map label values (or integer class indices, when the labels are not integers) to indices
+    into ``labels``; anything else is an error naming the position."""
+    index = {lab: i for i, lab in enumerate(labels)}
+    ints_are_indices = not any(isinstance(lab, (int, np.integer)) for lab in labels)
+    out = np.empty(len(values), dtype=np.int64)
+    for pos, v in enumerate(values):
+        if isinstance(v, np.generic):
+            v = v.item()
+        try:
+            hit = index.get(v) if not isinstance(v, bool) else None
+        except TypeError:  # unhashable
+            hit = None
+        if hit is None and ints_are_indices and isinstance(v, int) and not isinstance(v, bool) \
+                and 0 <= v < len(labels):
+            hit = v
+        if hit is None:
+            raise ValueError(f"{what}[{pos}] = {v!r} is not one of the labels {labels}")
+        out[pos] = hit
+    return out
+
+
+def _check_labels(labels) -> list:
+    labels = list(labels)
+    if not labels:
+        raise ValueError("labels must not be empty")
+    if len(set(labels)) != len(labels):
+        dup = sorted({str(x) for x in labels if labels.count(x) > 1})
+        raise ValueError(f"duplicate labels {dup}")
+    return labels
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if x is None or np.isnan(x) else float(x)
+
+
+def compute_metrics(y_true: Sequence, y_pred: Sequence, labels: Sequence) -> dict:
+    """WA, UA, WF1, MF1, per-class precision/recall/F1/support and confusion matrices.
+
+    ``y_true`` / ``y_pred`` hold label values from ``labels`` or integer indices into it.
+    Per-class values that are undefined (no support, or never predicted) are ``None``.
+    Returns a JSON-ready dict: wa, ua, wf1, mf1, n, labels, per_class {label: {precision,
+    recall, f1, support}}, confusion (counts, rows = true), confusion_norm (row-normalised).
+    """
+    labels = _check_labels(labels)
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"y_true has {len(y_true)} items but y_pred has {len(y_pred)}")
+    if len(y_true) == 0:
+        raise ValueError("no predictions to score (empty y_true)")
+    t = _indices(list(y_true), labels, "y_true")
+    p = _indices(list(y_pred), labels, "y_pred")
+    all_idx = list(range(len(labels)))
+    seen = sorted(set(t.tolist()) | set(p.tolist()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns on classes absent from y_true
+        prec, rec, f1, support = precision_recall_fscore_support(
+            t, p, labels=all_idx, zero_division=np.nan)
+        result = {
+            "wa": float(accuracy_score(t, p)),
+            "ua": float(balanced_accuracy_score(t, p)),
+            "wf1": float(f1_score(t, p, labels=all_idx, average="weighted", zero_division=0.0)),
+            "mf1": float(f1_score(t, p, labels=seen, average="macro", zero_division=0.0)),
+        }
+    cm = confusion_matrix(t, p, labels=all_idx)
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
+    per_class = {}
+    for i, lab in enumerate(labels):
+        # F1 of a class that was predicted or present but never right is 0, not undefined
+        f = f1[i]
+        if np.isnan(f) and (support[i] > 0 or cm[:, i].sum() > 0):
+            f = 0.0
+        per_class[str(lab)] = {
+            "precision": _nan_to_none(prec[i]),
+            "recall": _nan_to_none(rec[i]),
+            "f1": _nan_to_none(f),
+            "support": int(support[i]),
+        }
+    result.update(
+        n=int(len(t)),
+        labels=[str(x) for x in labels],
+        per_class=per_class,
+        confusion=cm.astype(int).tolist(),
+        confusion_norm=norm.tolist(),
+    )
+    return result
+
+
+def aggregate(fold_results: dict, labels: Sequence) -> dict:
+    """Per-fold metrics, fold mean ± std of each scalar metric, and pooled metrics.
+
+    ``fold_results``: {fold name: {"y_true": [...], "y_pred": [...], ...}} (other keys ignored).
+    Returns {"labels", "n_folds", "folds": {name: metrics}, "mean": {metric: v},
+    "std": {metric: v} (population std, ddof=0), "pooled": metrics over all folds' predictions}.
+    """
+    labels = _check_labels(labels)
+    if not fold_results:
+        raise ValueError("no fold results to aggregate")
+    folds, all_true, all_pred = {}, [], []
+    for name, res in fold_results.items():
+        for key in ("y_true", "y_pred"):
+            if key not in res:
+                raise ValueError(f"fold {name!r}: missing {key!r}")
+        try:
+            folds[str(name)] = compute_metrics(res["y_true"], res["y_pred"], labels)
+        except ValueError as exc:
+            raise ValueError(f"fold {name!r}: {exc}") from exc
+        all_true.extend(res["y_true"])
+        all_pred.extend(res["y_pred"])
+    mean, std = {}, {}
+    for m in SCALAR_METRICS:
+        vals = np.array([f[m] for f in folds.values()], dtype=float)
+        mean[m] = float(vals.mean())
+        std[m] = float(vals.std(ddof=0))
+    return {
+        "labels": [str(x) for x in labels],
+        "n_folds": len(folds),
+        "folds": folds,
+        "mean": mean,
+        "std": std,
+        "pooled": compute_metrics(all_true, all_pred, labels),
+    }

@@ -1,0 +1,262 @@
+"""Common interface of every emotion model, plus mask-aware building blocks.
+
+Batch contract (see contracts): logmel [B,T,F] + logmel_mask [B,T] bool; wave [B,S] + wave_mask [B,S];
+input_ids [B,L] + attention_mask [B,L]; dialogue [B] long; labels [B] long.
+``forward(batch, mode)`` returns a dict with "logits" [B,C] and optionally "audio_logits",
+"text_logits", "modality_weights" [B,2] (audio, text).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODES = ("both", "audio", "text")
+
+
+class EmotionModel(nn.Module):
+    """Base class: holds the preset, labels, tokenizer; checks modes and batches."""
+
+    arch: str = ""
+    inputs: set[str] = set()
+    modes: tuple[str, ...] = MODES
+
+    def __init__(self, preset: dict, labels: list[str]):
+        super().__init__()
+        if not labels or len(set(labels)) != len(labels):
+            raise ValueError(f"labels must be a non-empty list of distinct names, got {labels!r}")
+        self.preset = copy.deepcopy(preset)
+        self.labels = list(labels)
+        self.num_classes = len(labels)
+        self.tokenizer = None
+        self.max_length = int(self.preset.get("model", {}).get("max_length", 128))
+        self.progress = 0.0
+
+    # ------------------------------------------------------------------ text helpers
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Tokenize texts with the preset's max_length -> dict(input_ids, attention_mask) (long)."""
+        if self.tokenizer is None:
+            raise RuntimeError(f"model {self.arch!r} has no tokenizer")
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            bad = texts if isinstance(texts, str) else next(t for t in texts if not isinstance(t, str))
+            raise TypeError(f"tokenize expects a list of strings; bad item: {bad!r}")
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
+
+    # ------------------------------------------------------------------ checks
+    def check(self, batch: dict, mode: str) -> None:
+        """Raise a clear error for an unsupported mode or a missing batch key."""
+        if mode not in self.modes:
+            raise ValueError(f"{self.arch}: mode {mode!r} not supported; choose from {self.modes}")
+        need = []
+        audio_keys = {"logmel": ("logmel", "logmel_mask"), "wave": ("wave", "wave_mask")}
+        for inp in self.inputs:
+            if inp in audio_keys and mode in ("both", "audio"):
+                need += audio_keys[inp]
+            if inp == "text" and mode in ("both", "text"):
+                need += ["input_ids", "attention_mask"]
+        missing = [k for k in need if k not in batch]
+        if missing:
+            raise KeyError(f"{self.arch} (mode {mode!r}) needs batch keys {missing}")
+
+    # ------------------------------------------------------------------ training hooks
+    def set_progress(self, progress: float) -> None:
+        """Trainer calls this each step with the fraction of training done (0..1)."""
+        self.progress = float(progress)
+
+    def compute_loss(self, out: dict, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on "logits" plus aux_weight x CE on per-modality logits when present."""
+        loss = F.cross_entropy(out["logits"], labels)
+        w = float(self.preset.get("model", {}).get("aux_weight", 0.0))
+        if w > 0:
+            for key in ("audio_logits", "text_logits"):
+                if key in out:
+                    loss = loss + w * F.cross_entropy(out[key], labels)
+        return loss
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: dicts with name, params, optimizer, lr (+ options).
+
+        Default: one group from preset["train"]. Architectures with per-module settings override
+        this (see preset ``train.groups``).
+        """
+        train = self.preset.get("train", {})
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [
+            {
+                "name": "all",
+                "params": params,
+                "optimizer": train.get("optimizer", "adam"),
+                "lr": float(train.get("lr", 1e-3)),
+                "weight_decay": float(train.get("weight_decay", 0.0)),
+            }
+        ]
+
+    def _groups_from_preset(self, modules: dict[str, list[nn.Parameter]]) -> list[dict[str, Any]]:
+        """Build groups from preset train.groups {name: {optimizer, lr, ...}} and named params."""
+        train = self.preset.get("train", {})
+        cfg = train.get("groups") or {}
+        groups, seen = [], set()
+        for name, params in modules.items():
+            params = [p for p in params if p.requires_grad and id(p) not in seen]
+            seen.update(id(p) for p in params)
+            if not params:
+                continue
+            g = dict(cfg.get(name, {}))
+            g.setdefault("optimizer", train.get("optimizer", "adam"))
+            g.setdefault("lr", train.get("lr", 1e-3))
+            g.setdefault("weight_decay", train.get("weight_decay", 0.0))
+            g["lr"] = float(g["lr"])
+            g["weight_decay"] = float(g["weight_decay"])
+            groups.append({"name": name, "params": params, **g})
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in seen]
+        if rest:
+            raise RuntimeError(f"{self.arch}: {len(rest)} trainable parameters in no optimizer group")
+        return groups
+
+
+def build_optimizers(model: EmotionModel) -> list[torch.optim.Optimizer]:
+    """One torch optimizer per optimizer type in model.param_groups() (e.g. SGD speech + Adam text)."""
+    by_type: dict[str, list[dict]] = {}
+    for g in model.param_groups():
+        g = dict(g)
+        by_type.setdefault(str(g.pop("optimizer")).lower(), []).append(g)
+    opts = []
+    for kind, groups in by_type.items():
+        if kind == "adam":
+            opts.append(torch.optim.Adam(groups))
+        elif kind == "adamw":
+            opts.append(torch.optim.AdamW(groups))
+        elif kind == "sgd":
+            for g in groups:
+                g.setdefault("momentum", 0.9)
+            opts.append(torch.optim.SGD(groups))
+        else:
+            raise ValueError(f"unknown optimizer {kind!r} (adam, adamw, sgd)")
+    return opts
+
+
+# ---------------------------------------------------------------------- mask helpers
+def lengths_from_mask(mask: torch.Tensor, name: str = "mask") -> torch.Tensor:
+    """[B,T] bool/long mask -> [B] long lengths; masks must be left-aligned (real frames first)."""
+    if mask.dim() != 2:
+        raise ValueError(f"{name} must be [B,T], got shape {tuple(mask.shape)}")
+    lengths = mask.long().sum(dim=1)
+    if not torch.equal(time_mask(lengths, mask.shape[1]), mask.bool()):
+        bad = (time_mask(lengths, mask.shape[1]) != mask.bool()).any(1).nonzero().flatten().tolist()
+        raise ValueError(f"{name}: real frames must come first (padding at the end); bad rows {bad}")
+    if (lengths == 0).any():
+        raise ValueError(f"{name}: rows {(lengths == 0).nonzero().flatten().tolist()} have no real frames")
+    return lengths
+
+
+def time_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
+    """[B] lengths -> [B,size] bool mask."""
+    return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def zero_beyond(x: torch.Tensor, lengths: torch.Tensor, dim: int) -> torch.Tensor:
+    """Zero every position of x along dim at or beyond each sample's length (batch dim 0)."""
+    m = time_mask(lengths, x.shape[dim]).to(x.dtype)
+    shape = [x.shape[0]] + [1] * (x.dim() - 1)
+    shape[dim] = x.shape[dim]
+    return x * m.view(shape)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x [B,T,D], mask [B,T] -> [B,D] mean over real frames (zero when none)."""
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def masked_mean_std(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [B,T,D], mask [B,T] -> mean, std over real frames."""
+    m = mask.to(x.dtype).unsqueeze(-1)
+    n = m.sum(1).clamp(min=1.0)
+    mean = (x * m).sum(1) / n
+    var = (((x - mean.unsqueeze(1)) ** 2) * m).sum(1) / n
+    return mean, torch.sqrt(var.clamp(min=eps))
+
+
+class MaskedBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics use only real (unpadded) time positions."""
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None, time_dim: int = 2) -> torch.Tensor:
+        if lengths is None or not self.training:
+            return super().forward(x)
+        dtype = x.dtype
+        x = x.float()  # statistics in float32 (also under autocast)
+        shape = [x.shape[0], 1, 1, 1]
+        shape[time_dim] = x.shape[time_dim]
+        m = time_mask(lengths, x.shape[time_dim]).to(x.dtype).view(shape)
+        other = x.shape[5 - time_dim]  # the non-time spatial dim (2 <-> 3)
+        n = m.sum() * other
+        mean = (x * m).sum(dim=(0, 2, 3)) / n
+        var = (((x - mean.view(1, -1, 1, 1)) ** 2) * m).sum(dim=(0, 2, 3)) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                mom = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - mom).add_(mom * mean)
+                self.running_var.mul_(1 - mom).add_(mom * var * n / (n - 1).clamp(min=1))
+        y = (x - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        y = y.to(dtype)
+        return y
+
+
+class AttentionPool(nn.Module):
+    """Self-attention pooling: a = softmax(w2 tanh(W1 x)) over real positions; returns sum a x."""
+
+    def __init__(self, dim: int, hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or dim
+        self.proj = nn.Linear(dim, hidden)
+        self.score = nn.Linear(hidden, 1, bias=False)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        s = self.score(torch.tanh(self.proj(x))).squeeze(-1)
+        if mask is not None:
+            s = s.masked_fill(~mask.bool(), float("-inf"))
+        a = torch.softmax(s, dim=-1)
+        return (a.unsqueeze(-1) * x).sum(1)
+
+
+def text_pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str = "cls") -> torch.Tensor:
+    """Pool token states [B,L,H]: "cls" (first token) or "mean" (masked mean)."""
+    if how == "cls":
+        return hidden[:, 0]
+    if how == "mean":
+        return masked_mean(hidden, attention_mask.bool())
+    raise ValueError(f"unknown text pooling {how!r} (cls, mean, pooler)")
+
+
+def encode_text(encoder: nn.Module, batch: dict, how: str = "cls") -> torch.Tensor:
+    """Run a transformers text encoder on input_ids/attention_mask and pool -> [B,H]."""
+    out = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    if how == "pooler":
+        if out.pooler_output is None:
+            raise ValueError("text pooling 'pooler' but the encoder has no pooler")
+        return out.pooler_output
+    return text_pool(out.last_hidden_state, batch["attention_mask"], how)
+
+
+def drop_unused_pooler(encoder: nn.Module, how: str) -> None:
+    """Remove the encoder's pooler when it is not used (no untrained, gradient-less weights)."""
+    if how != "pooler" and getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+
+
+def mlp(sizes: list[int], dropout: float = 0.0, act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """Linear layers with activation + dropout between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers += [act(), nn.Dropout(dropout)]
+    return nn.Sequential(*layers)

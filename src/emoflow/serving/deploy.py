@@ -1,0 +1,499 @@
+"""KServe deployment: build the InferenceService for a registered model, apply it, wait for Ready.
+
+The InferenceService (``serving.kserve.io/v1beta1``) runs the emoflow predictor image as a custom
+container named ``kserve-container``. KServe's storage initializer downloads the registered
+version from ``STORAGE_URI`` (an ``s3://`` prefix, with credentials from the service account's
+Secret) to ``/mnt/models``; the predictor loads it from there and reports ready on
+``/v2/health/ready`` (port 8080) once loaded.
+
+    isvc = build_inference_service("emoflow", "emoflow", "s3://emoflow/registry/emoflow/v3",
+                                   canary_traffic_percent=10)
+    deploy_to_cluster(isvc)            # create or patch, then wait for Ready
+    promote_canary("emoflow", "emoflow")   # or rollback_canary(...)
+
+``python -m emoflow.serving.deploy`` prints the default InferenceService as YAML (the one in
+``manifests/base/inferenceservice.yaml``); options change the name, URI, GPU count and image.
+Canary rollouts need KServe's Serverless (Knative) deployment mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import yaml
+from kserve import (
+    KServeClient,
+    V1beta1InferenceService,
+    V1beta1InferenceServiceSpec,
+    V1beta1PredictorSpec,
+)
+from kserve.constants import constants as kserve_constants
+from kubernetes import client as k8s
+
+from emoflow import images
+
+API_VERSION = f"{kserve_constants.KSERVE_GROUP}/{kserve_constants.KSERVE_V1BETA1_VERSION}"
+KIND = kserve_constants.KSERVE_KIND_INFERENCESERVICE
+
+DEFAULT_NAME = "emoflow"
+DEFAULT_NAMESPACE = "emoflow"
+# Placeholder for the manifests: a registry version prefix in the cluster's object store.
+DEFAULT_STORAGE_URI = "s3://emoflow/registry/emoflow/v1"
+DEFAULT_SERVICE_ACCOUNT = "emoflow-s3"
+CONTAINER_NAME = "kserve-container"
+MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts STORAGE_URI
+HTTP_PORT = 8080
+READY_PATH = "/v2/health/ready"
+GPU_RESOURCE = "nvidia.com/gpu"
+# Label set by NVIDIA GPU feature discovery / the GPU operator on GPU nodes, and the usual taint.
+DEFAULT_GPU_NODE_SELECTOR: dict[str, str] = {"nvidia.com/gpu.present": "true"}
+DEFAULT_GPU_TOLERATIONS: list[dict[str, str]] = [
+    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+]
+DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "1", "memory": "4Gi"},
+    "limits": {"cpu": "4", "memory": "8Gi"},
+}
+LABELS = {"app.kubernetes.io/name": "emoflow", "app.kubernetes.io/component": "predictor"}
+
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_URI = re.compile(r"^(s3|gs|pvc|https?|hdfs|webhdfs|hf|oci)://[^/\s]+(/\S*)?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_TOLERATION_KEYS = {"key": "key", "operator": "operator", "value": "value", "effect": "effect",
+                    "tolerationSeconds": "toleration_seconds"}
+_TOLERATION_OPERATORS = {"Exists", "Equal"}
+_TOLERATION_EFFECTS = {"NoSchedule", "PreferNoSchedule", "NoExecute"}
+# Model transition states after which waiting longer will not help (KServe modelStatus).
+_TERMINAL_TRANSITIONS = {"BlockedByFailedLoad", "InvalidSpec"}
+
+
+class DeployError(RuntimeError):
+    """A deployment that could not be applied or never became ready."""
+
+
+# --------------------------------------------------------------------------- building
+
+
+def build_inference_service(
+    name: str,
+    namespace: str,
+    storage_uri: str,
+    *,
+    image: str | None = None,
+    gpu: int = 1,
+    node_selector: Mapping[str, str] | None = None,
+    tolerations: Sequence[Mapping[str, Any] | k8s.V1Toleration] | None = None,
+    service_account: str = DEFAULT_SERVICE_ACCOUNT,
+    min_replicas: int = 1,
+    max_replicas: int = 1,
+    canary_traffic_percent: int | None = None,
+    resources: Mapping[str, Mapping[str, str]] | None = None,
+    env: Mapping[str, str] | Sequence[k8s.V1EnvVar] | None = None,
+) -> V1beta1InferenceService:
+    """The InferenceService that serves the model version at ``storage_uri``.
+
+    ``image`` defaults to ``images.image("serve-gpu")`` when ``gpu > 0`` and ``images.image("serve")``
+    otherwise. With ``gpu > 0`` the container gets an ``nvidia.com/gpu`` limit, and
+    ``node_selector`` / ``tolerations`` default to :data:`DEFAULT_GPU_NODE_SELECTOR` /
+    :data:`DEFAULT_GPU_TOLERATIONS` (pass ``{}`` / ``[]`` for none); with ``gpu == 0`` they
+    default to none. ``resources`` (``{"requests": {...}, "limits": {...}}``) replaces
+    :data:`DEFAULT_RESOURCES`; the GPU limit always follows ``gpu``. ``canary_traffic_percent``
+    (0–100) sends that share of traffic to this new revision, the rest to the previous one.
+    Every bad argument raises ``ValueError`` naming it.
+    """
+    _check_name("name", name, _DNS_LABEL)
+    _check_name("namespace", namespace, _NAMESPACE)
+    _check_name("service_account", service_account, _NAMESPACE, allow_dots=True)
+    if not isinstance(storage_uri, str) or not _URI.match(storage_uri):
+        raise ValueError(f"storage_uri {storage_uri!r} is not a model URI KServe can download "
+                         "(s3://bucket/prefix, gs://, pvc://, https://, hf://, oci://)")
+    if storage_uri.startswith("s3://") and len(storage_uri[5:].strip("/").split("/")) < 2:
+        raise ValueError(f"storage_uri {storage_uri!r} names a bucket only; give the registry "
+                         "version prefix, e.g. s3://bucket/registry/<model>/<version>")
+    gpu = _check_int("gpu", gpu, 0, 16)
+    min_replicas = _check_int("min_replicas", min_replicas, 0, 1000)
+    max_replicas = _check_int("max_replicas", max_replicas, 1, 1000)
+    if min_replicas > max_replicas:
+        raise ValueError(f"min_replicas ({min_replicas}) is greater than max_replicas ({max_replicas})")
+    if canary_traffic_percent is not None:
+        canary_traffic_percent = _check_int("canary_traffic_percent", canary_traffic_percent, 0, 100)
+    if image is None:
+        image = images.image("serve-gpu" if gpu > 0 else "serve")
+    if not isinstance(image, str) or not image or image.split("/")[-1].count(":") + image.count("@") == 0:
+        raise ValueError(f"image {image!r} has no tag or digest; use an explicit version")
+    if image.endswith(":latest"):
+        raise ValueError(f"image {image!r} uses :latest; use an explicit version")
+
+    if node_selector is None:
+        node_selector = DEFAULT_GPU_NODE_SELECTOR if gpu > 0 else {}
+    node_selector = _check_str_map("node_selector", node_selector)
+    if tolerations is None:
+        tolerations = DEFAULT_GPU_TOLERATIONS if gpu > 0 else []
+    tolerations = [_toleration(i, t) for i, t in enumerate(tolerations)]
+
+    container = k8s.V1Container(
+        name=CONTAINER_NAME,
+        image=image,
+        args=["--model_name", name, "--storage_uri", MODEL_DIR, "--http_port", str(HTTP_PORT)],
+        env=[k8s.V1EnvVar(name="STORAGE_URI", value=storage_uri), *_env_vars(env)],
+        ports=[k8s.V1ContainerPort(container_port=HTTP_PORT, name="http1", protocol="TCP")],
+        resources=_resources(resources, gpu),
+        readiness_probe=k8s.V1Probe(
+            http_get=k8s.V1HTTPGetAction(path=READY_PATH, port=HTTP_PORT),
+            initial_delay_seconds=5, period_seconds=10, timeout_seconds=5, failure_threshold=3,
+        ),
+        security_context=k8s.V1SecurityContext(
+            run_as_non_root=True, allow_privilege_escalation=False,
+            capabilities=k8s.V1Capabilities(drop=["ALL"]),
+        ),
+    )
+    predictor = V1beta1PredictorSpec(
+        containers=[container],
+        service_account_name=service_account,
+        node_selector=node_selector or None,
+        tolerations=tolerations or None,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        canary_traffic_percent=canary_traffic_percent,
+        labels=dict(LABELS),
+    )
+    return V1beta1InferenceService(
+        api_version=API_VERSION,
+        kind=KIND,
+        metadata=k8s.V1ObjectMeta(name=name, namespace=namespace, labels=dict(LABELS)),
+        spec=V1beta1InferenceServiceSpec(predictor=predictor),
+    )
+
+
+def to_manifest(isvc: V1beta1InferenceService) -> dict:
+    """The InferenceService as a plain dict (camelCase keys, no ``None`` fields), as kubectl reads it."""
+    return k8s.ApiClient().sanitize_for_serialization(isvc)
+
+
+def render_yaml(isvc: V1beta1InferenceService) -> str:
+    """The InferenceService as YAML text."""
+    return yaml.safe_dump(to_manifest(isvc), sort_keys=False, default_flow_style=False)
+
+
+def unknown_fields(manifest: Mapping, type_name: str = "V1beta1InferenceService") -> list[str]:
+    """Problems of a manifest dict against the kserve / kubernetes SDK models, field by field.
+
+    Every key must be one the model of its place defines (``attribute_map``); strings, integers
+    and booleans must have their declared type. Returns paths like ``spec.predictor.containers[0].imag``
+    (empty when the manifest is clean). Use it to check a hand-edited InferenceService YAML.
+    """
+    return _walk(manifest, type_name, "")
+
+
+def _model_class(type_name: str):
+    import kserve.models as kserve_models
+
+    return getattr(kserve_models, type_name, None) or getattr(k8s, type_name, None)
+
+
+_PRIMITIVES = {"str": (str,), "int": (int,), "bool": (bool,), "float": (int, float)}
+
+
+def _walk(value: Any, type_name: str, path: str) -> list[str]:
+    where = path or "<root>"
+    if type_name.startswith("list["):
+        if not isinstance(value, list):
+            return [f"{where}: expected a list ({type_name}), got {type(value).__name__}"]
+        return [p for i, item in enumerate(value) for p in _walk(item, type_name[5:-1], f"{path}[{i}]")]
+    if type_name.startswith("dict("):
+        if not isinstance(value, Mapping):
+            return [f"{where}: expected a mapping ({type_name}), got {type(value).__name__}"]
+        inner = type_name[type_name.index(",") + 1:-1].strip()
+        return [p for key, item in value.items() for p in _walk(item, inner, f"{path}.{key}")]
+    if type_name in _PRIMITIVES:
+        ok = isinstance(value, _PRIMITIVES[type_name]) and (type_name == "bool" or not isinstance(value, bool))
+        return [] if ok else [f"{where}: expected {type_name}, got {type(value).__name__} {value!r}"]
+    cls = _model_class(type_name)
+    if cls is None:  # free-form (object, IntOrString, ResourceQuantity, datetime...)
+        return []
+    if not isinstance(value, Mapping):
+        return [f"{where}: expected an object ({type_name}), got {type(value).__name__}"]
+    by_json = {json_key: attr for attr, json_key in cls.attribute_map.items()}
+    problems = []
+    for key, item in value.items():
+        sub = f"{path}.{key}" if path else key
+        if key not in by_json:
+            problems.append(f"{sub}: unknown field of {type_name}")
+        else:
+            problems += _walk(item, cls.openapi_types[by_json[key]], sub)
+    return problems
+
+
+def _check_name(what: str, value: Any, pattern: re.Pattern, allow_dots: bool = False) -> None:
+    ok = isinstance(value, str) and 0 < len(value) <= (253 if allow_dots else 63)
+    if ok:
+        ok = all(pattern.match(part) for part in value.split(".")) if allow_dots else bool(pattern.match(value))
+    if not ok:
+        raise ValueError(f"{what} {value!r} is not a valid Kubernetes name "
+                         "(lowercase letters, digits and '-', at most 63 characters)")
+
+
+def _check_int(what: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{what} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def _check_str_map(what: str, value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what} must be a mapping of strings, got {type(value).__name__}")
+    for key, item in value.items():
+        if not isinstance(key, str) or not key or not isinstance(item, str):
+            raise ValueError(f"{what} entry {key!r}: {item!r} is not a string key/value pair")
+    return dict(value)
+
+
+def _toleration(index: int, item: Any) -> k8s.V1Toleration:
+    if isinstance(item, k8s.V1Toleration):
+        item = k8s.ApiClient().sanitize_for_serialization(item)
+    if not isinstance(item, Mapping):
+        raise ValueError(f"tolerations[{index}] must be a mapping or V1Toleration, got {type(item).__name__}")
+    unknown = sorted(set(item) - set(_TOLERATION_KEYS))
+    if unknown:
+        raise ValueError(f"tolerations[{index}] has unknown field(s) {unknown}; known: {sorted(_TOLERATION_KEYS)}")
+    operator = item.get("operator", "Equal")
+    if operator not in _TOLERATION_OPERATORS:
+        raise ValueError(f"tolerations[{index}].operator {operator!r} is not one of {sorted(_TOLERATION_OPERATORS)}")
+    effect = item.get("effect")
+    if effect is not None and effect not in _TOLERATION_EFFECTS:
+        raise ValueError(f"tolerations[{index}].effect {effect!r} is not one of {sorted(_TOLERATION_EFFECTS)}")
+    if operator == "Exists" and item.get("value"):
+        raise ValueError(f"tolerations[{index}]: operator Exists takes no value")
+    seconds = item.get("tolerationSeconds")
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int)):
+        raise ValueError(f"tolerations[{index}].tolerationSeconds must be an integer, got {seconds!r}")
+    return k8s.V1Toleration(**{_TOLERATION_KEYS[k]: v for k, v in item.items()})
+
+
+def _env_vars(env: Any) -> list[k8s.V1EnvVar]:
+    if env is None:
+        return []
+    if isinstance(env, Mapping):
+        env = [k8s.V1EnvVar(name=k, value=v) for k, v in env.items()]
+    out = []
+    for item in env:
+        if not isinstance(item, k8s.V1EnvVar):
+            raise ValueError(f"env item {item!r} is not a V1EnvVar (or pass a mapping of strings)")
+        if not isinstance(item.name, str) or not _ENV_NAME.match(item.name):
+            raise ValueError(f"env name {item.name!r} is not a valid variable name")
+        if item.name == "STORAGE_URI":
+            raise ValueError("env may not set STORAGE_URI: pass storage_uri instead")
+        if item.value_from is None and not isinstance(item.value, str):
+            raise ValueError(f"env {item.name!r} value must be a string, got {item.value!r}")
+        out.append(item)
+    return out
+
+
+def _resources(resources: Any, gpu: int) -> k8s.V1ResourceRequirements:
+    resources = DEFAULT_RESOURCES if resources is None else resources
+    if not isinstance(resources, Mapping):
+        raise ValueError(f"resources must be a mapping with 'requests'/'limits', got {type(resources).__name__}")
+    unknown = sorted(set(resources) - {"requests", "limits"})
+    if unknown:
+        raise ValueError(f"resources has unknown key(s) {unknown}; use 'requests' and 'limits'")
+    parts = {}
+    for part in ("requests", "limits"):
+        values = _check_str_map(f"resources.{part}", resources.get(part) or {})
+        values.pop(GPU_RESOURCE, None)  # the gpu argument decides
+        parts[part] = values
+    if gpu > 0:
+        parts["limits"][GPU_RESOURCE] = str(gpu)
+    return k8s.V1ResourceRequirements(requests=parts["requests"] or None, limits=parts["limits"] or None)
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+def deploy_to_cluster(
+    isvc: V1beta1InferenceService,
+    *,
+    client: Any = None,
+    timeout_s: float = 600,
+    poll_s: float = 5.0,
+) -> dict:
+    """Create the InferenceService, or patch it when it exists, then wait until it is Ready.
+
+    Returns the ready object (a dict; its ``status.url`` is the endpoint). Patching an existing
+    service without ``canary_traffic_percent`` sends all traffic to the new revision (a leftover
+    canary percentage is reset to 100). Raises :class:`DeployError` with the last status
+    conditions when it is not Ready within ``timeout_s`` seconds or the model failed to load.
+    ``client`` is a ``kserve.KServeClient`` (default: one from the kubeconfig or in-cluster config).
+    """
+    if not isinstance(isvc, V1beta1InferenceService):
+        raise TypeError(f"isvc must be a V1beta1InferenceService, got {type(isvc).__name__}")
+    name, namespace = isvc.metadata.name, isvc.metadata.namespace
+    if not name or not namespace:
+        raise ValueError("isvc.metadata must have a name and a namespace")
+    client = client or KServeClient()
+    existing = _get_or_none(client, name, namespace)
+    try:
+        if existing is None:
+            applied = client.create(isvc, namespace=namespace)
+            created = True
+        else:
+            body = isvc
+            old_canary = ((existing.get("spec") or {}).get("predictor") or {}).get("canaryTrafficPercent")
+            if isvc.spec.predictor.canary_traffic_percent is None and old_canary not in (None, 100):
+                body = copy.deepcopy(isvc)
+                body.spec.predictor.canary_traffic_percent = 100
+            applied = client.patch(name, body, namespace=namespace)
+            created = False
+    except RuntimeError as exc:
+        raise DeployError(f"could not {'create' if existing is None else 'patch'} InferenceService "
+                          f"{namespace}/{name}: {exc}") from exc
+    generation = ((applied or {}).get("metadata") or {}).get("generation")
+    return wait_ready(client, name, namespace, timeout_s=timeout_s, poll_s=poll_s,
+                      generation=generation, created=created)
+
+
+def wait_ready(
+    client: Any,
+    name: str,
+    namespace: str,
+    *,
+    timeout_s: float = 600,
+    poll_s: float = 5.0,
+    generation: int | None = None,
+    created: bool = False,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict:
+    """Poll until the InferenceService is Ready for ``generation`` (when given); return it.
+
+    Raises :class:`DeployError` naming the last conditions on timeout, or at once when KServe
+    reports the model as failed to load / invalid.
+    """
+    deadline = clock() + timeout_s
+    obj: dict = {}
+    while True:
+        obj = _get_or_none(client, name, namespace) or {}
+        if not obj:
+            raise DeployError(f"InferenceService {namespace}/{name} disappeared while waiting for Ready")
+        status = obj.get("status") or {}
+        ready = _condition(status, "Ready")
+        observed = status.get("observedGeneration")
+        if generation is None or observed is None:
+            current = generation is None or created
+        else:
+            current = observed >= generation
+        if current and ready is not None and str(ready.get("status", "")).lower() == "true":
+            return obj
+        transition = (status.get("modelStatus") or {}).get("transitionStatus")
+        if current and transition in _TERMINAL_TRANSITIONS:
+            raise DeployError(f"InferenceService {namespace}/{name} failed: model {transition}; "
+                              f"{_describe(status)}")
+        if clock() >= deadline:
+            raise DeployError(f"InferenceService {namespace}/{name} not Ready after {timeout_s:g} s; "
+                              f"{_describe(status)}")
+        sleep(max(0.0, min(poll_s, deadline - clock())))
+
+
+def promote_canary(name: str, namespace: str, *, client: Any = None, wait: bool = True,
+                   timeout_s: float = 600, poll_s: float = 5.0) -> dict:
+    """Send all traffic to the latest revision (``canaryTrafficPercent: 100``)."""
+    return _set_canary(name, namespace, 100, client=client, wait=wait, timeout_s=timeout_s, poll_s=poll_s)
+
+
+def rollback_canary(name: str, namespace: str, *, client: Any = None, wait: bool = True,
+                    timeout_s: float = 600, poll_s: float = 5.0) -> dict:
+    """Send all traffic back to the previous rolled-out revision (``canaryTrafficPercent: 0``).
+
+    Raises :class:`DeployError` when the service has no previous revision to go back to.
+    """
+    return _set_canary(name, namespace, 0, client=client, wait=wait, timeout_s=timeout_s, poll_s=poll_s)
+
+
+def _set_canary(name, namespace, percent, *, client, wait, timeout_s, poll_s) -> dict:
+    _check_name("name", name, _DNS_LABEL)
+    _check_name("namespace", namespace, _NAMESPACE)
+    client = client or KServeClient()
+    existing = _get_or_none(client, name, namespace)
+    if existing is None:
+        raise DeployError(f"InferenceService {namespace}/{name} does not exist")
+    predictor_status = ((existing.get("status") or {}).get("components") or {}).get("predictor") or {}
+    if percent == 0 and not predictor_status.get("previousRolledoutRevision"):
+        raise DeployError(f"InferenceService {namespace}/{name} has no previous rolled-out revision "
+                          "to roll back to")
+    patch = V1beta1InferenceService(
+        api_version=API_VERSION, kind=KIND,
+        metadata=k8s.V1ObjectMeta(name=name, namespace=namespace),
+        spec=V1beta1InferenceServiceSpec(predictor=V1beta1PredictorSpec(canary_traffic_percent=percent)),
+    )
+    try:
+        applied = client.patch(name, patch, namespace=namespace)
+    except RuntimeError as exc:
+        raise DeployError(f"could not set canaryTrafficPercent={percent} on {namespace}/{name}: {exc}") from exc
+    if not wait:
+        return applied
+    generation = ((applied or {}).get("metadata") or {}).get("generation")
+    return wait_ready(client, name, namespace, timeout_s=timeout_s, poll_s=poll_s, generation=generation)
+
+
+def _get_or_none(client: Any, name: str, namespace: str) -> dict | None:
+    try:
+        return client.get(name, namespace=namespace)
+    except RuntimeError as exc:  # KServeClient wraps the ApiException in a RuntimeError
+        cause = exc.__cause__ or exc.__context__
+        if getattr(cause, "status", None) == 404 or "(404)" in str(exc):
+            return None
+        raise DeployError(f"could not read InferenceService {namespace}/{name}: {exc}") from exc
+
+
+def _condition(status: Mapping, kind: str) -> Mapping | None:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == kind:
+            return cond
+    return None
+
+
+def _describe(status: Mapping) -> str:
+    conds = status.get("conditions") or []
+    parts = [
+        f"{c.get('type')}={c.get('status')}"
+        + (f" ({c.get('reason')}: {c.get('message')})" if c.get("reason") or c.get("message") else "")
+        for c in conds
+    ]
+    text = "last conditions: " + ("; ".join(parts) if parts else "none reported")
+    failure = (status.get("modelStatus") or {}).get("lastFailureInfo")
+    if failure:
+        text += f"; last model failure: {failure.get('reason')}: {failure.get('message')}"
+    return text
+
+
+# --------------------------------------------------------------------------- manifest rendering
+
+
+def default_inference_service(gpu: int = 1) -> V1beta1InferenceService:
+    """The InferenceService of ``manifests/base`` (``gpu=1``) or of the ``cpu`` overlay (``gpu=0``)."""
+    return build_inference_service(DEFAULT_NAME, DEFAULT_NAMESPACE, DEFAULT_STORAGE_URI, gpu=gpu)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m emoflow.serving.deploy",
+                                     description="Print an emoflow InferenceService as YAML.")
+    parser.add_argument("--name", default=DEFAULT_NAME)
+    parser.add_argument("--namespace", default=DEFAULT_NAMESPACE)
+    parser.add_argument("--storage-uri", default=DEFAULT_STORAGE_URI)
+    parser.add_argument("--gpu", type=int, default=1)
+    parser.add_argument("--image", default=None)
+    parser.add_argument("--canary-traffic-percent", type=int, default=None)
+    args = parser.parse_args(argv)
+    isvc = build_inference_service(args.name, args.namespace, args.storage_uri, gpu=args.gpu,
+                                   image=args.image, canary_traffic_percent=args.canary_traffic_percent)
+    print(render_yaml(isvc), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,273 @@
+"""The pipeline steps as plain functions: files and URIs in, files out.
+
+Each KFP component in ``components/`` calls exactly one of these, so the same code runs in a
+Kubeflow pod, under ``kfp.local`` and from tests. This module sits at the top of the library
+(beside the CLI) and only wires the layers together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+from emoflow.config import config_hash, store_uri
+from emoflow.corpora import Utterance, read_manifest, write_manifest
+
+log = logging.getLogger("emoflow.steps")
+
+
+def _store(uri: str | None):
+    from emoflow.storage import open_store
+
+    return open_store(uri or store_uri())
+
+
+def ingest(corpus: str, source: str, store: str, manifest_path: str, options: dict | None = None) -> dict:
+    """Corpus → validated manifest (audio copied into the store). Returns the summary."""
+    from emoflow.corpora.ingest import ingest as run_ingest
+
+    options = dict(options or {})
+    if corpus == "demo" and not source:
+        source = str(ensure_demo_corpus(options.pop("demo", {})))
+    kwargs = {k: options.pop(k) for k in ("copy_audio", "max_bad_share", "min_duration", "max_duration") if k in options}
+    result = run_ingest(corpus, source, _store(store), options=options, **kwargs)
+    write_manifest(manifest_path, result.utterances)
+    summary = dict(result.summary)
+    summary.update(manifest_key=result.manifest_key, quarantine_key=result.quarantine_key)
+    log.info("ingest %s: %s", corpus, json.dumps({k: summary.get(k) for k in ("in", "accepted", "quarantined")}))
+    return summary
+
+
+def ensure_demo_corpus(params: dict | None = None) -> Path:
+    """Generate the synthetic demo corpus once under $EMOFLOW_HOME/demo/<params-hash>."""
+    from emoflow.config import home
+    from emoflow.corpora.synthetic import generate_demo_corpus
+
+    params = dict(params or {})
+    root = home() / "demo" / config_hash(params)
+    if not (root / "manifest.jsonl").exists():
+        tmp = root.with_name(root.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        generate_demo_corpus(tmp, **params)
+        shutil.rmtree(root, ignore_errors=True)
+        tmp.rename(root)
+    return root
+
+
+def transcribe(manifest_in: str, manifest_out: str, backend: str = "auto", store: str | None = None) -> dict:
+    """Fill `text` (reference pass-through or ASR); quarantined utterances are stored, not dropped."""
+    from emoflow.text.transcribe import transcribe as run_transcribe
+
+    utts = read_manifest(manifest_in)
+    kept, quarantine, summary = run_transcribe(utts, backend=backend)
+    if quarantine:
+        key = f"quarantine/transcribe/{config_hash([q.get('id') for q in quarantine])}.jsonl"
+        _store(store).put_bytes(key, "".join(json.dumps(q) + "\n" for q in quarantine).encode())
+        summary["quarantine_key"] = key
+    write_manifest(manifest_out, kept)
+    return summary
+
+
+def features(manifest_in: str, manifest_out: str, store: str, feature_config: dict | None = None) -> dict:
+    """Log-mel features into the store, keyed by the feature config hash."""
+    from emoflow.audio.features import extract_features
+    from emoflow.audio.logmel import LogMelConfig
+
+    cfg = LogMelConfig(**(feature_config or {}))
+    utts = extract_features(read_manifest(manifest_in), _store(store), cfg)
+    write_manifest(manifest_out, utts)
+    return {"utterances": len(utts), "feature_config": cfg.__dict__, "config_hash": config_hash(cfg.__dict__)}
+
+
+def train(
+    manifest: str,
+    store: str,
+    arch: str,
+    preset: str,
+    out_dir: str,
+    *,
+    epochs: int = 0,
+    fold_scheme: str = "logo",
+    n_folds: int = 0,
+    seed: int = 0,
+    feature_config: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Cross-validated training of one architecture + final fit (see emoflow.training.run)."""
+    from emoflow.training.run import run_training
+
+    summary = run_training(
+        read_manifest(manifest), _store(store), arch, preset, out_dir,
+        fold_scheme=fold_scheme, n_folds=n_folds or None, seed=seed, epochs=epochs or None,
+        checkpoint_prefix="checkpoints", progress=progress,
+    )
+    (Path(out_dir) / "model" / "feature_config.json").write_text(json.dumps(feature_config or {}))
+    result = {k: summary[k] for k in ("arch", "labels", "final_epochs", "device")}
+    (Path(out_dir) / "train.json").write_text(json.dumps(result))
+    return result
+
+
+def evaluate(predictions: str, out_dir: str, *, metrics_artifact=None, classification_artifact=None,
+             corpus: str = "", protocol: str = "strict") -> dict:
+    """Fold predictions → metrics (per fold, mean ± std, pooled), report, confusion PNG, KFP metrics."""
+    from emoflow.evaluation.metrics import aggregate
+    from emoflow.evaluation.report import write_report
+
+    pred = json.loads(Path(predictions).read_text())
+    labels, arch = pred["labels"], pred["arch"]
+    folds = {name: {"y_true": f["y_true"], "y_pred": f["y_pred"]} for name, f in pred["folds"].items()}
+    result = aggregate(folds, labels)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = write_report({arch: result}, out, corpus=corpus, protocol=protocol)
+    if metrics_artifact is not None:
+        from emoflow.evaluation.kfp_outputs import log_kfp_metrics
+
+        log_kfp_metrics(metrics_artifact, classification_artifact, result, labels)
+    predicted = [y for f in pred["folds"].values() for y in f["y_pred"]]
+    reference = {lab: predicted.count(lab) / max(len(predicted), 1) for lab in labels}
+    summary = {
+        "arch": arch,
+        "preset": pred["preset"].get("name"),
+        "labels": labels,
+        "corpus": corpus,
+        "protocol": protocol,
+        "metrics": result,
+        "reference_shares": reference,
+        "report_files": {k: str(v) for k, v in paths.items()},
+    }
+    (out / "evaluation.json").write_text(json.dumps(summary, indent=1, default=float))
+    return summary
+
+
+def register(
+    model_dirs: Sequence[str],
+    evaluation_dirs: Sequence[str],
+    store: str,
+    *,
+    model_name: str = "emoflow",
+    alias: str = "production",
+    winner_metric: str = "ua",
+    promote_margin: float = 0.0,
+    run_id: str = "",
+) -> dict:
+    """Pick the winner across architectures, register it, and move the alias when it earns it.
+
+    With alias ``candidate`` (retraining), the new version becomes ``candidate`` and is promoted
+    to ``production`` only if it beats production on `winner_metric` by `promote_margin`.
+    """
+    from emoflow.evaluation.report import select_winner, write_report
+    from emoflow.monitoring.promotion import should_promote
+    from emoflow.registry import Registry
+
+    evaluations = [json.loads((Path(d) / "evaluation.json").read_text()) for d in evaluation_dirs]
+    by_arch = {e["arch"]: e for e in evaluations}
+    winner = select_winner({a: e["metrics"] for a, e in by_arch.items()}, metric=winner_metric)
+    model_dir = next(Path(d) for d in model_dirs if json.loads((Path(d) / "train.json").read_text())["arch"] == winner)
+    ev = by_arch[winner]
+    files: dict = {}
+    for path in sorted((model_dir / "model").iterdir()):
+        files[f"model/{path.name}"] = path
+    eval_dir = Path(next(d for d in evaluation_dirs if json.loads((Path(d) / "evaluation.json").read_text())["arch"] == winner))
+    for path in sorted(eval_dir.iterdir()):
+        if path.is_file():
+            files[f"evaluation/{path.name}"] = path
+    comparison = Path(model_dir).parent / "comparison"
+    report = write_report({a: e["metrics"] for a, e in by_arch.items()}, comparison,
+                          corpus=ev.get("corpus", ""), protocol=ev.get("protocol", "strict"), winner=winner)
+    files["comparison.md"] = Path(report["report_md"])
+    files["comparison.html"] = Path(report["report_html"])
+    files["reference_distribution.json"] = json.dumps(ev["reference_shares"], indent=1).encode()
+    files["model_card.md"] = model_card(model_name, ev, by_arch, winner_metric).encode()
+    metadata = {
+        "arch": winner, "preset": ev.get("preset"), "labels": ev["labels"], "corpus": ev.get("corpus"),
+        "protocol": ev.get("protocol"), "winner_metric": winner_metric,
+        "metric_value": ev["metrics"]["mean"][winner_metric], "pipeline_run": run_id,
+        "candidates": {a: e["metrics"]["mean"][winner_metric] for a, e in by_arch.items()},
+    }
+    registry = Registry(_store(store))
+    version = registry.register(model_name, files, metadata)
+    decision = {"promoted": False, "reason": ""}
+    if alias == "production":
+        registry.promote(model_name, version, "production")
+        decision = {"promoted": True, "reason": "registered directly as production"}
+    else:
+        registry.set_alias(model_name, alias, version)
+        current = registry.get_alias(model_name, "production")
+        prod_value = None
+        if current is not None:
+            prod_value = registry.show(f"{model_name}@{current}")["metadata"].get("metric_value")
+        ok, reason = should_promote(
+            {winner_metric: metadata["metric_value"]},
+            None if prod_value is None else {winner_metric: prod_value},
+            metric=winner_metric, margin=promote_margin,
+        )
+        if ok:
+            registry.promote(model_name, version, "production")
+        decision = {"promoted": bool(ok), "reason": reason}
+    log.info("registered %s/%s (winner %s); production: %s", model_name, version, winner, decision)
+    results = {
+        arch: {
+            "preset": e.get("preset"),
+            "folds": {f: {k: m[k] for k in ("ua", "wa", "wf1")} for f, m in e["metrics"]["folds"].items()},
+            "mean": e["metrics"]["mean"], "std": e["metrics"]["std"],
+            "pooled": {k: e["metrics"]["pooled"][k] for k in ("ua", "wa", "wf1", "mf1")},
+        }
+        for arch, e in by_arch.items()
+    }
+    return {"model": model_name, "version": version, "winner": winner, "ref": f"{model_name}@{version}",
+            "metric": winner_metric, "value": metadata["metric_value"], "results": results, **decision}
+
+
+def model_card(name: str, ev: dict, by_arch: dict, metric: str) -> str:
+    m = ev["metrics"]
+    lines = [
+        f"# Model card: {name} ({ev['arch']}, preset {ev.get('preset')})",
+        "",
+        f"- Data: corpus `{ev.get('corpus') or 'unknown'}`; labels: {', '.join(ev['labels'])}.",
+        f"- Protocol: {ev.get('protocol', 'strict')} cross-validation; groups never shared between train and test.",
+        f"- Selected by mean {metric.upper()} across folds among: "
+        + ", ".join(f"{a} {e['metrics']['mean'][metric] * 100:.1f}" for a, e in sorted(by_arch.items())),
+        "",
+        "| metric | fold mean ± std | pooled |",
+        "|---|---|---|",
+    ]
+    for key in ("ua", "wa", "wf1", "mf1"):
+        lines.append(f"| {key.upper()} | {m['mean'][key] * 100:.2f} ± {m['std'][key] * 100:.2f} | {m['pooled'][key] * 100:.2f} |")
+    lines += [
+        "",
+        "## Limits",
+        "- Trained on the corpus above only; acted or synthetic speech does not represent spontaneous speech.",
+        "- The demo corpus is synthetic (espeak-ng) and only for smoke tests: its figures mean nothing about real use.",
+        "- Licence of the data applies to this model (e.g. RAVDESS CC BY-NC-SA 4.0, MELD GPL-3.0: non-commercial).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def deploy(model_ref: str, store: str, *, target: str = "local", host: str = "127.0.0.1", port: int = 8080,
+           namespace: str = "emoflow", isvc_name: str = "emoflow", storage_uri: str = "",
+           gpu: int = 1, node_selector: dict | None = None, tolerations: list | None = None,
+           service_account: str = "emoflow-s3", canary_traffic_percent: int = -1,
+           timeout_s: int = 600) -> str:
+    """Serve a registered model: locally on `host:port`, or as a KServe InferenceService."""
+    if target == "local":
+        from emoflow.serving.local import start_local_server
+
+        return start_local_server(model_ref, store or store_uri(), host=host, port=port)
+    if target == "kserve":
+        from emoflow.registry import Registry
+        from emoflow.serving.deploy import build_inference_service, deploy_to_cluster
+
+        if not storage_uri:
+            name, version = Registry(_store(store)).resolve(model_ref)
+            storage_uri = _store(store).uri(f"registry/{name}/{version}")
+        isvc = build_inference_service(
+            isvc_name, namespace, storage_uri, gpu=gpu, node_selector=node_selector or None,
+            tolerations=tolerations or None, service_account=service_account,
+            canary_traffic_percent=canary_traffic_percent if canary_traffic_percent >= 0 else None,
+        )
+        return deploy_to_cluster(isvc, timeout_s=timeout_s)
+    raise ValueError(f"unknown deploy target {target!r} (local, kserve)")

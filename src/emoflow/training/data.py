@@ -1,0 +1,171 @@
+"""Datasets, length bucketing and padding for every architecture.
+
+Items are loaded once into memory (log-mel from the feature store, waveforms decoded from
+the artifact store) and batched to the contract in ``emoflow.models``: padded tensors plus
+boolean masks (True = real frame/sample).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from emoflow.corpora import Utterance
+
+
+@dataclass
+class Item:
+    id: str
+    label: int
+    text: str
+    dialogue: str
+    logmel: np.ndarray | None = None
+    wave: np.ndarray | None = None
+
+    @property
+    def length(self) -> int:
+        if self.logmel is not None:
+            return int(self.logmel.shape[0])
+        if self.wave is not None:
+            return int(self.wave.shape[0] // 160)
+        return len(self.text)
+
+
+class UtteranceDataset(Dataset):
+    """In-memory items for one list of utterances."""
+
+    def __init__(self, items: Sequence[Item]):
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Item:
+        return self.items[index]
+
+    def subset(self, ids: Sequence[str]) -> "UtteranceDataset":
+        by_id = {it.id: it for it in self.items}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise KeyError(f"utterances not in dataset: {missing[:5]}")
+        return UtteranceDataset([by_id[i] for i in ids])
+
+
+def load_items(
+    utterances: Sequence[Utterance],
+    store,
+    labels: Sequence[str],
+    inputs: set[str],
+    *,
+    sample_rate: int = 16000,
+    progress: bool = False,
+) -> UtteranceDataset:
+    """Load what the model needs for each utterance; unknown labels are an error naming the utterance."""
+    from tqdm import tqdm
+
+    index = {name: i for i, name in enumerate(labels)}
+    items = []
+    for utt in tqdm(utterances, desc="load", disable=not progress, leave=False):
+        if utt.label not in index:
+            raise ValueError(f"utterance {utt.id!r}: label {utt.label!r} not in {list(labels)}")
+        item = Item(id=utt.id, label=index[utt.label], text=utt.text or "", dialogue=utt.dialogue or utt.id)
+        if "logmel" in inputs:
+            from emoflow.audio.features import load_logmel
+
+            key = utt.extra.get("logmel")
+            if not key:
+                raise ValueError(f"utterance {utt.id!r} has no log-mel features; run the features step first")
+            item.logmel = np.asarray(load_logmel(store, key), dtype=np.float32)
+        if "wave" in inputs:
+            item.wave = load_wave(utt, sample_rate)
+        items.append(item)
+    return UtteranceDataset(items)
+
+
+def load_wave(utt: Utterance, sample_rate: int = 16000) -> np.ndarray:
+    from emoflow.audio.io import load_audio
+    from emoflow.storage import read_uri
+
+    if not utt.audio:
+        raise ValueError(f"utterance {utt.id!r} has no audio")
+    data = read_uri(utt.audio) if utt.audio.startswith("s3://") else utt.audio
+    return load_audio(data, sr=sample_rate, start=utt.start, end=utt.end)
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of similar length: sort within large random pools, then shuffle the batches.
+
+    The order depends only on (seed, epoch), so a resumed run sees the same batches.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool, seed: int = 0, pool: int = 50):
+        self.lengths = list(lengths)
+        self.batch_size = max(1, int(batch_size))
+        self.shuffle = shuffle
+        self.seed = seed
+        self.pool = pool
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = list(range(len(self.lengths)))
+        rng = random.Random(self.seed * 100003 + self.epoch)
+        if self.shuffle:
+            rng.shuffle(order)
+        size = self.batch_size * self.pool
+        batches = []
+        for start in range(0, len(order), size):
+            chunk = sorted(order[start:start + size], key=lambda i: self.lengths[i])
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        if self.shuffle:
+            rng.shuffle(batches)
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+
+def _pad(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(a.shape[0] for a in arrays)
+    shape = (len(arrays), longest) + arrays[0].shape[1:]
+    out = torch.zeros(shape, dtype=torch.float32)
+    mask = torch.zeros((len(arrays), longest), dtype=torch.bool)
+    for i, a in enumerate(arrays):
+        out[i, : a.shape[0]] = torch.from_numpy(np.ascontiguousarray(a))
+        mask[i, : a.shape[0]] = True
+    return out, mask
+
+
+def make_collate(
+    tokenize: Callable[[list[str]], dict] | None,
+    *,
+    transform_logmel: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Callable[[list[Item]], dict]:
+    """Collate items into the model batch contract; `transform_logmel` is the training-time augmentation."""
+
+    def collate(items: list[Item]) -> dict:
+        batch: dict = {
+            "ids": [it.id for it in items],
+            "labels": torch.tensor([it.label for it in items], dtype=torch.long),
+        }
+        if items[0].logmel is not None:
+            mels = [transform_logmel(it.logmel) if transform_logmel else it.logmel for it in items]
+            batch["logmel"], batch["logmel_mask"] = _pad(mels)
+        if items[0].wave is not None:
+            batch["wave"], batch["wave_mask"] = _pad([it.wave for it in items])
+        if tokenize is not None:
+            batch.update(tokenize([it.text for it in items]))
+        dialogue_index: dict[str, int] = {}
+        batch["dialogue"] = torch.tensor(
+            [dialogue_index.setdefault(it.dialogue, len(dialogue_index)) for it in items], dtype=torch.long
+        )
+        return batch
+
+    return collate

@@ -1,0 +1,161 @@
+"""The train step: cross-validated training of one architecture, then the final fit on all groups.
+
+For each fold (from ``emoflow.evaluation.folds``): a fresh model is trained on the fold's training
+groups, selected on its validation part (carved from the training groups), and scored on the test
+groups. The final model is then trained on every group for the median of the folds' best epochs;
+that model is what gets registered. Outputs, in ``out_dir``:
+
+- ``model/``: the final model (``emoflow.models.save_model``);
+- ``predictions.json``: per-fold test predictions (ids, y_true, y_pred, probabilities), labels,
+  best epochs and the training configuration, read by the evaluate step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from emoflow.config import config_hash
+from emoflow.corpora import Utterance
+from emoflow.training.data import load_items
+from emoflow.training.trainer import Checkpointer, TrainConfig, final_epochs, fit, pick_device, predict, seed_everything
+
+log = logging.getLogger("emoflow.training")
+
+
+def resolve_preset(arch: str, preset: str | dict) -> dict:
+    from emoflow.models import load_preset
+
+    if isinstance(preset, dict):
+        return preset
+    path = Path(preset)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        from emoflow.config import load_yaml
+
+        return load_yaml(path)
+    return load_preset(arch, preset)
+
+
+def labels_of(utterances: Sequence[Utterance], preset: dict) -> list[str]:
+    given = preset.get("labels")
+    present = sorted({u.label for u in utterances if u.label is not None})
+    if given:
+        unknown = sorted(set(present) - set(given))
+        if unknown:
+            raise ValueError(f"labels {unknown} are not in the preset's label list {given}")
+        return list(given)
+    return present
+
+
+def _fusion_calibration(model, val, device) -> dict | None:
+    """Late-fusion models (A2) fit their fusion weight on held-out TRAINING data only."""
+    if not hasattr(model, "fit_fusion") or val is None or not len(val):
+        return None
+    pred = predict(model, val, device=device, with_branches=True)
+    if "audio_logits" not in pred or "text_logits" not in pred:
+        return None
+    return model.fit_fusion(pred["audio_logits"], pred["text_logits"], pred["labels"])
+
+
+def run_training(
+    utterances: Sequence[Utterance],
+    store,
+    arch: str,
+    preset: str | dict,
+    out_dir: str | Path,
+    *,
+    fold_scheme: str = "logo",
+    n_folds: int | None = None,
+    only_fold: str | None = None,
+    skip_final: bool = False,
+    final_epoch_count: int | None = None,
+    seed: int = 0,
+    epochs: int | None = None,
+    device: str = "auto",
+    checkpoint_prefix: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Cross-validated training + final fit. Returns the summary also written to predictions.json."""
+    from emoflow.evaluation.folds import make_folds
+    from emoflow.models import build_model, save_model
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    preset = resolve_preset(arch, preset)
+    labels = labels_of(utterances, preset)
+    cfg = TrainConfig.from_preset(preset, epochs=epochs, seed=seed)
+    dev = pick_device(device)
+    seed_everything(seed)
+    probe = build_model(arch, preset, labels)
+    data = load_items(utterances, store, labels, set(probe.inputs), progress=progress)
+    del probe
+    run_key = config_hash({
+        "arch": arch, "preset": preset, "train": cfg.__dict__, "labels": labels,
+        "data": sorted((u.id, u.label, u.extra.get("logmel"), u.text) for u in utterances),
+    })
+    by_id = {u.id: u for u in utterances}
+    folds = make_folds([by_id[i] for i in by_id], scheme=fold_scheme, n_folds=n_folds, seed=seed)
+    if only_fold is not None:
+        folds = [f for f in folds if f.name == only_fold]
+        if not folds:
+            raise ValueError(f"no fold named {only_fold!r}")
+
+    def checkpointer(name: str) -> Checkpointer | None:
+        if not checkpoint_prefix:
+            return None
+        return Checkpointer(store, f"{checkpoint_prefix.rstrip('/')}/{arch}-{run_key}/{name}.pt")
+
+    results: dict = {}
+    for fold in folds:
+        seed_everything(seed)
+        model = build_model(arch, preset, labels)
+        train, val, test = data.subset(fold.train_ids), data.subset(fold.val_ids), data.subset(fold.test_ids)
+        log.info("%s %s: train %d, val %d, test %d", arch, fold.name, len(train), len(val), len(test))
+        res = fit(model, train, val, cfg, device=dev, checkpointer=checkpointer(fold.name),
+                  progress=progress, name=f"{arch} {fold.name}")
+        fusion = _fusion_calibration(model, val, dev)
+        pred = predict(model, test, device=dev)
+        y_pred = pred["probs"].argmax(1)
+        results[fold.name] = {
+            "ids": pred["ids"],
+            "y_true": [labels[i] for i in pred["labels"]],
+            "y_pred": [labels[i] for i in y_pred],
+            "probs": np.round(pred["probs"], 6).tolist(),
+            "best_epoch": res.best_epoch,
+            "best_val_ua": res.best_val_ua,
+            "history": res.history,
+            "test_groups": list(fold.test_groups),
+            "val_groups": list(fold.val_groups),
+            "fusion": fusion,
+        }
+        ua = float(np.mean([np.mean(y_pred[pred["labels"] == c] == c) for c in np.unique(pred["labels"])]))
+        log.info("%s %s: test UA %.1f (best epoch %d)", arch, fold.name, ua * 100, res.best_epoch)
+
+    summary = {
+        "arch": arch,
+        "preset": preset,
+        "labels": labels,
+        "train_config": cfg.__dict__,
+        "fold_scheme": fold_scheme,
+        "folds": results,
+        "run_key": run_key,
+        "device": str(dev),
+    }
+    if not skip_final:
+        n_final = final_epoch_count or final_epochs([r["best_epoch"] for r in results.values()])
+        seed_everything(seed)
+        model = build_model(arch, preset, labels)
+        final_cfg = TrainConfig.from_preset(preset, epochs=n_final, seed=seed, patience=None)
+        fit(model, data, None, final_cfg, device=dev, checkpointer=checkpointer("final"),
+            progress=progress, name=f"{arch} final")
+        fusion = [r["fusion"] for r in results.values() if r.get("fusion")]
+        if fusion and hasattr(model, "set_fusion"):
+            model.set_fusion(fusion)
+        save_model(model.cpu(), out_dir / "model")
+        summary["final_epochs"] = n_final
+    (out_dir / "predictions.json").write_text(json.dumps(summary, indent=1, default=float))
+    return summary

@@ -1,0 +1,319 @@
+"""One trainer for every architecture.
+
+- device auto: CUDA when present (bf16 autocast), else CPU in fp32;
+- optimiser and schedule named by the preset's ``train`` section;
+- seeded and reproducible: data order and dropout depend only on (seed, epoch), so a run resumed
+  from its last checkpoint ends with the same weights as an uninterrupted one;
+- model selection and early stopping on validation UA (the validation part comes from the
+  training groups, never from the test fold: see ``emoflow.evaluation.folds``);
+- a checkpoint every epoch to the artifact store.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import math
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from emoflow.training.data import BucketBatchSampler, UtteranceDataset, make_collate
+
+log = logging.getLogger("emoflow.training")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 16
+    optimizer: str = "adam"          # adam | adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    grad_clip: float | None = 5.0
+    scheduler: str = "constant"      # constant | step | cosine | halve_after
+    scheduler_args: dict = field(default_factory=dict)
+    patience: int | None = None      # early stopping on validation UA, in epochs
+    seed: int = 0
+    specaugment: str | None = None   # None | conservative | aggressive (log-mel models)
+    chunk_frames: list[int] | None = None  # random T-frame chunks in training (ResNet paper)
+    eval_batch_size: int = 32
+
+    @classmethod
+    def from_preset(cls, preset: dict, **overrides: Any) -> "TrainConfig":
+        """The preset's ``train`` section; keys the trainer does not know (e.g. optimizer groups)
+        belong to the model. ``scheduler`` may be a name or ``{name: ..., <args>}``."""
+        known = set(cls.__dataclass_fields__)
+        section = dict(preset.get("train") or {})
+        sched = section.get("scheduler")
+        if isinstance(sched, dict):
+            sched = dict(sched)
+            section["scheduler"] = sched.pop("name", "constant")
+            section["scheduler_args"] = {**sched, **section.get("scheduler_args", {})}
+        cfg = cls(**{k: v for k, v in section.items() if k in known})
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(cfg, key, value)
+        return cfg
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(preference)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def make_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+    """The model's own parameter groups (one optimizer per type, e.g. SGD speech + Adam text),
+    or one optimizer over every trainable parameter from the preset's train section."""
+    if hasattr(model, "param_groups"):
+        from emoflow.models.base import build_optimizers
+
+        return build_optimizers(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    name = cfg.optimizer.lower()
+    if name == "adam":
+        return [torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)]
+    if name == "adamw":
+        return [torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)]
+    if name == "sgd":
+        return [torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)]
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (adam, adamw, sgd)")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    name = (cfg.scheduler or "constant").lower()
+    args = cfg.scheduler_args or {}
+    if name == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.get("step_size", 10), gamma=args.get("gamma", 0.5))
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs))
+    if name == "halve_after":
+        # A2 (Padi et al.): constant for `constant_epochs`, then halved every `every` epochs
+        hold, every = args.get("constant_epochs", 8), args.get("every", 2)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: 1.0 if e < hold else 0.5 ** ((e - hold) // every + 1)
+        )
+    raise ValueError(f"unknown scheduler {cfg.scheduler!r} (constant, step, cosine, halve_after)")
+
+
+class Checkpointer:
+    """Epoch checkpoints in the artifact store (loaded with ``weights_only=True``)."""
+
+    def __init__(self, store, key: str):
+        self.store = store
+        self.key = key
+
+    def save(self, state: dict) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        self.store.put_bytes(self.key, buf.getvalue())
+
+    def load(self) -> dict | None:
+        if not self.store.exists(self.key):
+            return None
+        return torch.load(io.BytesIO(self.store.get_bytes(self.key)), map_location="cpu", weights_only=True)
+
+
+def _make_augment(cfg: TrainConfig) -> Callable | None:
+    if not cfg.specaugment and not cfg.chunk_frames:
+        return None
+    from emoflow.audio import specaugment
+
+    return specaugment.make_transform(policy=cfg.specaugment, chunk_frames=cfg.chunk_frames)
+
+
+@torch.inference_mode()
+def predict(
+    model: torch.nn.Module,
+    dataset: UtteranceDataset,
+    *,
+    device: torch.device | None = None,
+    mode: str = "both",
+    batch_size: int = 32,
+    with_branches: bool = False,
+) -> dict:
+    """Class probabilities (and per-branch log-probabilities when asked) in dataset order."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    tokenize = getattr(model, "tokenize", None) if "text" in model.inputs else None
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=make_collate(tokenize))
+    ids, probs, labels, branches = [], [], [], {"audio_logits": [], "text_logits": []}
+    for batch in loader:
+        out = model(_to_device(batch, device), mode=mode)
+        probs.append(torch.softmax(out["logits"].float(), dim=-1).cpu().numpy())
+        ids += batch["ids"]
+        labels.append(batch["labels"].numpy())
+        if with_branches:
+            for key in branches:
+                if out.get(key) is not None:
+                    branches[key].append(torch.log_softmax(out[key].float(), -1).cpu().numpy())
+    result = {"ids": ids, "probs": np.concatenate(probs), "labels": np.concatenate(labels)}
+    if with_branches:
+        result.update({k: np.concatenate(v) for k, v in branches.items() if v})
+    return result
+
+
+def unweighted_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    recalls = [float(np.mean(y_pred[y_true == c] == c)) for c in np.unique(y_true)]
+    return float(np.mean(recalls)) if recalls else 0.0
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val_ua: float | None
+    epochs_run: int
+    history: list[dict]
+    stopped_early: bool
+    seconds: float
+
+
+def fit(
+    model: torch.nn.Module,
+    train: UtteranceDataset,
+    val: UtteranceDataset | None,
+    cfg: TrainConfig,
+    *,
+    device: torch.device | None = None,
+    checkpointer: Checkpointer | None = None,
+    after_epoch: Callable[[int], None] | None = None,
+    progress: bool = True,
+    name: str = "train",
+) -> FitResult:
+    """Train `model` in place; with a validation set, keep the best epoch by validation UA."""
+    from tqdm import tqdm
+
+    device = device or pick_device()
+    model.to(device)
+    seed_everything(cfg.seed)
+    optimizers = make_optimizers(model, cfg)
+    schedulers = [make_scheduler(opt, cfg) for opt in optimizers]
+    start_epoch, best_ua, best_epoch, best_state, history, bad_epochs = 0, -1.0, 0, None, [], 0
+    state = checkpointer.load() if checkpointer else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        for opt, opt_state in zip(optimizers, state["optimizers"]):
+            opt.load_state_dict(opt_state)
+        for sched, sched_state in zip(schedulers, state["schedulers"]):
+            sched.load_state_dict(sched_state)
+        start_epoch, best_ua, best_epoch = state["epoch"] + 1, state["best_ua"], state["best_epoch"]
+        best_state, history, bad_epochs = state["best_model"], state["history"], state["bad_epochs"]
+        log.info("%s: resumed from checkpoint after epoch %d", name, state["epoch"] + 1)
+        if state.get("done"):
+            start_epoch = cfg.epochs
+    tokenize = getattr(model, "tokenize", None) if "text" in model.inputs else None
+    augment = _make_augment(cfg)
+    sampler = BucketBatchSampler([it.length for it in train.items], cfg.batch_size, shuffle=True, seed=cfg.seed)
+    steps_per_epoch = len(sampler)
+    total_steps = max(1, cfg.epochs * steps_per_epoch)
+    use_bf16 = device.type == "cuda"
+    loss_fn = torch.nn.CrossEntropyLoss()
+    started = time.time()
+    stopped_early = bool(state and state.get("done") and state.get("stopped_early"))
+    for epoch in range(start_epoch, cfg.epochs):
+        torch.manual_seed(cfg.seed * 1000 + epoch)
+        sampler.set_epoch(epoch)
+        if augment is not None:
+            augment.reseed(cfg.seed * 1000 + epoch)
+        loader = DataLoader(train, batch_sampler=sampler, collate_fn=make_collate(tokenize, transform_logmel=augment))
+        model.train()
+        total, count = 0.0, 0
+        bar = tqdm(loader, desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        for step, batch in enumerate(bar):
+            if hasattr(model, "set_progress"):
+                model.set_progress((epoch * steps_per_epoch + step) / total_steps)
+            batch = _to_device(batch, device)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                out = model(batch, mode="both")
+            if hasattr(model, "compute_loss"):
+                loss = model.compute_loss(out, batch["labels"])
+            else:
+                loss = loss_fn(out["logits"].float(), batch["labels"])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{name}: loss is {loss.item()} at epoch {epoch + 1} step {step}")
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            for opt in optimizers:
+                opt.step()
+            total += float(loss.detach()) * len(batch["ids"])
+            count += len(batch["ids"])
+            bar.set_postfix(loss=f"{total / max(count, 1):.3f}")
+        for sched in schedulers:
+            sched.step()
+        record = {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": optimizers[0].param_groups[0]["lr"]}
+        if val is not None and len(val):
+            pred = predict(model, val, device=device, batch_size=cfg.eval_batch_size)
+            record["val_ua"] = unweighted_accuracy(pred["labels"], pred["probs"].argmax(1))
+            if record["val_ua"] > best_ua:
+                best_ua, best_epoch, bad_epochs = record["val_ua"], epoch + 1, 0
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            else:
+                bad_epochs += 1
+        else:
+            best_epoch = epoch + 1
+        history.append(record)
+        log.info(
+            "%s epoch %d/%d loss %.4f%s",
+            name, epoch + 1, cfg.epochs, record["loss"],
+            f" val UA {record['val_ua'] * 100:.1f}" if "val_ua" in record else "",
+        )
+        done = epoch + 1 == cfg.epochs or bool(cfg.patience and bad_epochs >= cfg.patience)
+        stopped_early = done and epoch + 1 < cfg.epochs
+        if checkpointer:
+            checkpointer.save({
+                "model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
+                "schedulers": [sc.state_dict() for sc in schedulers], "epoch": epoch, "best_ua": best_ua,
+                "best_epoch": best_epoch, "best_model": best_state, "history": history,
+                "bad_epochs": bad_epochs, "done": done, "stopped_early": stopped_early,
+            })
+        if after_epoch:
+            after_epoch(epoch + 1)
+        if done:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return FitResult(
+        best_epoch=best_epoch,
+        best_val_ua=best_ua if best_ua >= 0 else None,
+        epochs_run=len(history),
+        history=history,
+        stopped_early=stopped_early,
+        seconds=time.time() - started,
+    )
+
+
+def final_epochs(best_epochs: Sequence[int]) -> int:
+    """Epochs for the final fit on all groups: the median of the folds' best epochs."""
+    return max(1, int(math.ceil(statistics.median(best_epochs)))) if best_epochs else 1
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)
+
+
+def clone_state(model: torch.nn.Module) -> dict:
+    return copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})

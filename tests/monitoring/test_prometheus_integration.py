@@ -1,0 +1,302 @@
+"""The real Prometheus server (Debian package) on 127.0.0.1 scraping a real metrics endpoint.
+
+Prometheus (1 s scrape and rule evaluation) runs the production rules rendered with seconds-long
+windows (`rules.rule_groups(drift_window="10s", ...)`); a stationary then a shifted stream of
+predictions is sent, and the test reads the recording-rule PSI and the EmotionDistributionDrift
+alert going pending then firing through Prometheus' HTTP API. Two targets:
+
+- test_real_predictor: the emoflow KServe predictor (`python -m emoflow.serving.predictor`) over
+  HTTP, serving a tiny A1 model whose classifier is rescaled so that two known sentences give
+  "neutral" and "happy" (random weights alone give near-constant outputs);
+- test_metrics_endpoint: PredictionMetrics served by prometheus_client, fed directly (no model),
+  with exact shares (PSI 0 stationary, 0.1796 shifted).
+"""
+
+import base64
+import io
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, start_http_server
+
+from emoflow.monitoring import rules
+from emoflow.monitoring.metrics import PredictionMetrics
+
+pytestmark = pytest.mark.slow
+
+TEST_RULES = dict(drift_window="10s", drift_for="3s", share_for="3s", min_predictions=50, interval="1s")
+PSI = "emoflow:drift_psi:ratio10s"
+
+
+def binary(name):
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{name} not found: CI must install the Debian package `prometheus`")
+        pytest.skip(f"{name} not installed (apt-get install -y prometheus)")
+    return path
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, timeout, proc=None, log=None):
+    deadline = time.time() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"process exited ({proc.returncode}):\n{Path(log).read_text()[-3000:] if log else ''}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.time() < deadline, f"{url} not ready after {timeout} s"
+        time.sleep(0.2)
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture()
+def start_prometheus(tmp_path):
+    procs = []
+
+    def start(target_port):
+        (tmp_path / "rules.yml").write_text(rules.render_rules_file(**TEST_RULES))
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+            "rule_files": [str(tmp_path / "rules.yml")],
+            "scrape_configs": [{"job_name": "emoflow-predictor",
+                                "static_configs": [{"targets": [f"127.0.0.1:{target_port}"], "labels": {"pod": "p0"}}]}],
+        }
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        port = free_port()
+        log = tmp_path / "prometheus.log"
+        proc = subprocess.Popen(
+            [binary("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+        procs.append(proc)
+        wait_http(f"http://127.0.0.1:{port}/-/ready", 30, proc, log)
+        return httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
+
+    yield start
+    for proc in procs:
+        stop(proc)
+
+
+class Stream:
+    """Calls send(batch) in a loop from the current sequence of batches until stopped."""
+
+    def __init__(self, send, batches, period_s):
+        self.send, self.batches, self.period = send, batches, period_s
+        self.stopped, self.errors = threading.Event(), []
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        i, nxt = 0, time.perf_counter()
+        while not self.stopped.is_set():
+            batches = self.batches
+            try:
+                self.send(batches[i % len(batches)])
+            except Exception as exc:  # reported by the test
+                self.errors.append(repr(exc))
+            i += 1
+            nxt += self.period
+            time.sleep(max(0.0, nxt - time.perf_counter()))
+
+    def stop(self):
+        self.stopped.set()
+        self.thread.join(timeout=30)
+
+
+def query(api, expr):
+    r = api.get("/api/v1/query", params={"query": expr})
+    r.raise_for_status()
+    return {tuple(sorted((k, v) for k, v in s["metric"].items() if k != "__name__")): float(s["value"][1])
+            for s in r.json()["data"]["result"]}
+
+
+def drift_alert_state(api):
+    alerts = api.get("/api/v1/alerts").json()["data"]["alerts"]
+    states = {a["state"] for a in alerts if a["labels"]["alertname"] == "EmotionDistributionDrift"}
+    return "firing" if "firing" in states else ("pending" if "pending" in states else None)
+
+
+def check_stationary_then_shift(api, stream, shifted_batches, model="emo", version="v1", max_stationary=0.03):
+    """Stationary PSI small and no alert; after the shift the alert goes pending then firing."""
+    key = (("model", model), ("version", version))
+    deadline = time.time() + 60
+    while not query(api, f"{PSI} and on (model, version) emoflow:predictions:rate10s * 10 >= 50"):
+        assert not stream.errors, stream.errors[:3]
+        assert time.time() < deadline, "no PSI recorded from the stationary stream"
+        time.sleep(0.5)
+    time.sleep(2)
+    stationary = []
+    for _ in range(8):
+        stationary.append(query(api, PSI)[key])
+        assert drift_alert_state(api) is None
+        time.sleep(0.5)
+    assert max(stationary) < max_stationary, stationary
+    stream.batches = shifted_batches
+    t0, seen, deadline = time.time(), [], time.time() + 60
+    while time.time() < deadline:
+        state = drift_alert_state(api)
+        if state and (not seen or seen[-1] != state):
+            seen.append(state)
+        if state == "firing":
+            break
+        time.sleep(0.2)
+    assert not stream.errors, stream.errors[:3]
+    assert seen == ["pending", "firing"], seen
+    shifted = query(api, PSI)[key]
+    assert shifted > 0.1, shifted
+    return max(stationary), shifted, time.time() - t0
+
+
+# ---------------------------------------------------------------------------------------------
+# the emoflow KServe predictor
+# ---------------------------------------------------------------------------------------------
+
+SENTENCES = [f"{w} is what I feel about the {t}" for w in
+             ("joy", "anger", "sadness", "calm", "fear", "love", "boredom", "surprise", "hope", "disgust")
+             for t in ("weather", "meeting", "news", "party", "trip")]
+
+
+def wav_b64(seconds=1.0, sr=16000):
+    import soundfile as sf
+
+    t = np.arange(int(seconds * sr)) / sr
+    buf = io.BytesIO()
+    sf.write(buf, (0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), sr, format="WAV")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def build_steerable_model(folder: Path, audio_b64: str) -> tuple[str, str]:
+    """Save a tiny A1 model for labels (neutral, happy) whose classifier is rescaled so that one
+    sentence gives neutral and another happy with high confidence; return (neutral_text, happy_text)."""
+    import torch
+
+    from emoflow.models import build_model, load_preset, save_model
+    from emoflow.serving.predictor import EmotionPredictor
+
+    torch.manual_seed(0)
+    save_model(build_model("a1", load_preset("a1", "tiny"), ["neutral", "happy"]), folder / "model")
+    (folder / "manifest.json").write_text(json.dumps({"version": "v1"}))
+    (folder / "reference_distribution.json").write_text(json.dumps({"neutral": 0.5, "happy": 0.5}))
+    pred = EmotionPredictor("emo", str(folder))
+    pred.load()
+    results = pred._run_batch([pred._instance(audio_b64, s, None, f"s{i}") for i, s in enumerate(SENTENCES)])
+    diff = [math.log(r["probabilities"]["neutral"] / r["probabilities"]["happy"]) for r in results]
+    lo, hi = int(np.argmin(diff)), int(np.argmax(diff))
+    assert diff[hi] - diff[lo] > 1e-6, "sentences do not change the random model's output"
+    mid, k = (diff[hi] + diff[lo]) / 2, 8.0 / (diff[hi] - diff[lo])  # rescaled log-odds: ±4
+    with torch.no_grad():
+        cls = pred.model.classifier
+        cls.weight.mul_(k)
+        cls.bias.mul_(k)
+        cls.bias[0] -= k * mid / 2
+        cls.bias[1] += k * mid / 2
+    save_model(pred.model, folder / "model")
+    return SENTENCES[hi], SENTENCES[lo]
+
+
+def test_real_predictor(tmp_path, start_prometheus):
+    audio = wav_b64()
+    neutral_text, happy_text = build_steerable_model(tmp_path / "emo", audio)
+    port = free_port()
+    log = tmp_path / "predictor.log"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", EMOFLOW_DRIFT_WINDOW="200")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emoflow.serving.predictor", "--model_name", "emo", "--storage_uri",
+         str(tmp_path / "emo"), "--host", "127.0.0.1", "--http_port", str(port)],
+        stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env)
+    stream = None
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v2/models/emo/ready", 90, proc, log)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+
+        def send(texts):
+            r = client.post("/v1/models/emo:predict", json={"instances": [{"audio": audio, "text": t} for t in texts]})
+            assert r.status_code == 200, r.text
+            got = [p["label"] for p in r.json()["predictions"]]
+            want = ["neutral" if t == neutral_text else "happy" for t in texts]
+            assert got == want, (got, want)
+
+        send([neutral_text, happy_text])  # the model steers as built
+        api = start_prometheus(port)
+        stationary = [[neutral_text, happy_text] * 4]                 # shares 0.5 / 0.5 = reference
+        shifted = [[neutral_text] * 6 + [happy_text] * 2]             # 0.75 / 0.25: PSI 0.275
+        stream = Stream(send, stationary, period_s=0.1)
+        s_psi, psi, delay = check_stationary_then_shift(api, stream, shifted)
+        assert psi == pytest.approx(0.25 * math.log(1.5) + 0.25 * math.log(2), abs=0.06)
+        # KServe's latency histogram and our error counter are scraped from the same endpoint
+        assert query(api, 'emoflow:request_predict_seconds:p99_rate5m{model_name="emo"}')
+        r = client.post("/v1/models/emo:predict", json={"instances": [{"audio": "not base64!"}]})
+        assert 400 <= r.status_code < 500
+        metrics = client.get("/metrics").text
+        assert 'emoflow_request_errors_total{model="emo"' in metrics
+        assert 'emoflow_drift_chi2_pvalue{model="emo",version="v1"}' in metrics
+        print(f"\nreal predictor: stationary PSI max {s_psi:.4f}; shifted PSI {psi:.4f}; firing {delay:.1f} s after the shift")
+    finally:
+        if stream is not None:
+            stream.stop()
+        stop(proc)
+
+
+# ---------------------------------------------------------------------------------------------
+# PredictionMetrics endpoint (no model): exact shares
+# ---------------------------------------------------------------------------------------------
+
+def test_metrics_endpoint(start_prometheus):
+    reg = CollectorRegistry()
+    metrics = PredictionMetrics(reg, window=200)
+    metrics.set_reference("emo", "v1", {"neutral": 0.25, "happy": 0.25, "sad": 0.25, "angry": 0.25})
+    port = free_port()
+    server, _ = start_http_server(port, addr="127.0.0.1", registry=reg)
+    api = start_prometheus(port)
+
+    def send(labels):
+        for lab in labels:
+            metrics.observe("emo", "v1", lab, 0.8, "audio+text")
+
+    # 60 predictions: neutral 27 (0.45), the others 11 each (0.1833) -> PSI 0.1796
+    shifted = ["neutral"] * 27 + ["happy"] * 11 + ["sad"] * 11 + ["angry"] * 11
+    shifted = [shifted[(i * 7) % 60] for i in range(60)]  # interleaved (7 is coprime with 60)
+    stream = Stream(send, [["neutral", "happy", "sad", "angry"]], period_s=0.04)
+    try:
+        s_psi, psi, delay = check_stationary_then_shift(api, stream, [shifted[i:i + 4] for i in range(0, 60, 4)],
+                                                        max_stationary=0.01)
+        shares = query(api, "emoflow:emotion_share:ratio10s")
+        assert shares[(("emotion", "neutral"), ("model", "emo"), ("version", "v1"))] == pytest.approx(0.45, abs=0.03)
+        assert psi == pytest.approx(0.1796, abs=0.03)
+        stats = metrics.drift("emo", "v1")  # the in-process gauges saw it too
+        assert stats.chi2_pvalue < 1e-4 and stats.psi > 0.1
+        print(f"\nmetrics endpoint: stationary PSI max {s_psi:.4f}; shifted PSI {psi:.4f}; firing {delay:.1f} s after the shift")
+    finally:
+        stream.stop()
+        server.shutdown()
