@@ -42,6 +42,9 @@ test: setup system-deps
 compile: setup
 	$(BIN)/emoflow compile -o emoflow-training.yaml
 
+images: setup  ## build and tag the container images (tags from python -m emoflow.images)
+	$(MAKE) --no-print-directory -f images/images.mk images IMAGES_PYTHON=$(BIN)/python
+
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
 

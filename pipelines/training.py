@@ -18,7 +18,9 @@ from components.transcribe.component import transcribe
 
 PIPELINE_NAME = "emoflow-training"
 S3_SECRET = "emoflow-s3"
-S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
+# the emoflow-s3 Secret (manifests/base/s3-secret.yaml): credentials and where the store is
+S3_SECRET_KEYS = {k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "EMOFLOW_S3_ENDPOINT",
+                                 "S3_USE_HTTPS", "AWS_REGION")}
 DEFAULT_FEATURES = {"n_mels": 128, "win_ms": 25, "hop_ms": 10, "sample_rate": 16000, "normalize": "segment"}
 
 
@@ -69,7 +71,7 @@ def build_pipeline(*, cluster: bool = True):
         tolerations: list = [],
         service_account: str = "emoflow-s3",
         canary_traffic_percent: int = -1,
-    ):
+    ) -> dict:
         """Parameters:
         corpus: corpus adapter (demo, iemocap, meld, mosei, ravdess, cremad, emodb, csv)
         source: corpus location: a folder or s3://bucket/prefix (empty for demo: generated)
@@ -95,7 +97,10 @@ def build_pipeline(*, cluster: bool = True):
                 manifest=feat.outputs["featurized"], store=store, arch=arch, preset=preset, epochs=epochs,
                 fold_scheme=fold_scheme, n_folds=n_folds, seed=seed, feature_config=feature_config,
             )
-            fit.set_accelerator_type(accelerator_type).set_accelerator_limit(gpu_count)
+            if cluster:
+                fit.set_accelerator_type(accelerator_type).set_accelerator_limit(gpu_count)
+            else:  # kfp.local ignores accelerators and cannot resolve parameters inside ParallelFor here
+                fit.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
             fit.set_memory_limit("32G").set_cpu_limit("8")
             _storage_task(fit, cluster=cluster, retries=3, timeout_s=24 * 3600)
             if cluster:
@@ -121,6 +126,7 @@ def build_pipeline(*, cluster: bool = True):
             if cluster:
                 kubernetes.set_timeout(dep, 1800)
                 kubernetes.use_secret_as_env(dep, secret_name=S3_SECRET, secret_key_to_env=S3_SECRET_KEYS)
+        return reg.output
 
     return training_pipeline
 

@@ -182,11 +182,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from emoflow.evaluation.score import score_registered_model
+    from emoflow.steps import score
 
     name, _, uri = args.corpus.partition(":")
-    result = score_registered_model(args.model, corpus=name, source=uri, store=args.store or store_uri(),
-                                    out_dir=args.out, transcribe_backend=args.transcribe)
+    if not uri:
+        raise SystemExit("emoflow evaluate: --corpus must be <adapter>:<uri>, e.g. ravdess:/data/ravdess")
+    result = score(args.model, name, uri, args.store or store_uri(), args.out, transcribe_backend=args.transcribe)
     print(json.dumps(result["summary"], indent=1))
     return 0
 

@@ -19,6 +19,17 @@ from emoflow.corpora import Utterance, read_manifest, write_manifest
 log = logging.getLogger("emoflow.steps")
 
 
+def plain(value):
+    """Undo KFP's dict round trip through protobuf Struct, where every number becomes a float."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _store(uri: str | None):
     from emoflow.storage import open_store
 
@@ -29,7 +40,7 @@ def ingest(corpus: str, source: str, store: str, manifest_path: str, options: di
     """Corpus → validated manifest (audio copied into the store). Returns the summary."""
     from emoflow.corpora.ingest import ingest as run_ingest
 
-    options = dict(options or {})
+    options = plain(dict(options or {}))
     if corpus == "demo" and not source:
         source = str(ensure_demo_corpus(options.pop("demo", {})))
     kwargs = {k: options.pop(k) for k in ("copy_audio", "max_bad_share", "min_duration", "max_duration") if k in options}
@@ -76,7 +87,7 @@ def features(manifest_in: str, manifest_out: str, store: str, feature_config: di
     from emoflow.audio.features import extract_features
     from emoflow.audio.logmel import LogMelConfig
 
-    cfg = LogMelConfig(**(feature_config or {}))
+    cfg = LogMelConfig(**plain(feature_config or {}))
     utts = extract_features(read_manifest(manifest_in), _store(store), cfg)
     write_manifest(manifest_out, utts)
     return {"utterances": len(utts), "feature_config": cfg.__dict__, "config_hash": config_hash(cfg.__dict__)}
@@ -104,7 +115,7 @@ def train(
         fold_scheme=fold_scheme, n_folds=n_folds or None, seed=seed, epochs=epochs or None,
         checkpoint_prefix="checkpoints", progress=progress,
     )
-    (Path(out_dir) / "model" / "feature_config.json").write_text(json.dumps(feature_config or {}))
+    (Path(out_dir) / "model" / "feature_config.json").write_text(json.dumps(plain(feature_config or {})))
     result = {k: summary[k] for k in ("arch", "labels", "final_epochs", "device")}
     (Path(out_dir) / "train.json").write_text(json.dumps(result))
     return result
@@ -265,9 +276,60 @@ def deploy(model_ref: str, store: str, *, target: str = "local", host: str = "12
             name, version = Registry(_store(store)).resolve(model_ref)
             storage_uri = _store(store).uri(f"registry/{name}/{version}")
         isvc = build_inference_service(
-            isvc_name, namespace, storage_uri, gpu=gpu, node_selector=node_selector or None,
-            tolerations=tolerations or None, service_account=service_account,
+            isvc_name, namespace, storage_uri, gpu=gpu, node_selector=plain(node_selector) or None,
+            tolerations=plain(tolerations) or None, service_account=service_account,
             canary_traffic_percent=canary_traffic_percent if canary_traffic_percent >= 0 else None,
         )
-        return deploy_to_cluster(isvc, timeout_s=timeout_s)
+        ready = deploy_to_cluster(isvc, timeout_s=timeout_s)
+        return str((ready.get("status") or {}).get("url") or f"{isvc_name}.{namespace}")
     raise ValueError(f"unknown deploy target {target!r} (local, kserve)")
+
+
+def score(model_ref: str, corpus: str, source: str, store: str, out_dir: str, *,
+          transcribe_backend: str = "auto", mode: str = "both", options: dict | None = None) -> dict:
+    """Score a registered model on another labelled corpus (e.g. new data after deployment)."""
+    from emoflow.audio.features import extract_features
+    from emoflow.audio.logmel import LogMelConfig
+    from emoflow.corpora.ingest import ingest as run_ingest
+    from emoflow.evaluation.metrics import compute_metrics
+    from emoflow.evaluation.report import write_report
+    from emoflow.models import load_model
+    from emoflow.registry import Registry
+    from emoflow.text.transcribe import transcribe as run_transcribe
+    from emoflow.training.data import load_items
+    from emoflow.training.trainer import pick_device, predict
+
+    st = _store(store)
+    registry = Registry(st)
+    name, version = registry.resolve(model_ref)
+    out = Path(out_dir)
+    local = out / "model"
+    registry.download(f"{name}@{version}", local)
+    model = load_model(local / "model")
+    labels = list(model.labels)
+    fc = local / "model" / "feature_config.json"
+    cfg = LogMelConfig(**(json.loads(fc.read_text()) if fc.exists() else {}))
+    result = run_ingest(corpus, source, st, options=options, copy_audio=False)
+    utts, quarantine, _ = run_transcribe(result.utterances, backend=transcribe_backend)
+    unknown = sorted({u.label for u in utts} - set(labels))
+    kept = [u for u in utts if u.label in labels]
+    if not kept:
+        raise ValueError(f"none of the corpus labels {unknown} are known to {name}/{version} ({labels})")
+    utts = extract_features(kept, st, cfg) if "logmel" in model.inputs else kept
+    data = load_items(utts, st, labels, set(model.inputs))
+    pred = predict(model.to(pick_device()), data, mode=mode)
+    y_true = [labels[i] for i in pred["labels"]]
+    y_pred = [labels[i] for i in pred["probs"].argmax(1)]
+    metrics = compute_metrics(y_true, y_pred, labels)
+    entry = {"folds": {"all": metrics}, "mean": {k: metrics[k] for k in ("ua", "wa", "wf1", "mf1")},
+             "std": {k: 0.0 for k in ("ua", "wa", "wf1", "mf1")}, "pooled": metrics, "labels": labels}
+    paths = write_report({f"{name}/{version}": entry}, out, corpus=corpus, protocol="strict",
+                         title=f"{name}/{version} on {corpus}")
+    summary = {
+        "model": f"{name}/{version}", "corpus": corpus, "n": len(y_true),
+        "skipped_unknown_labels": {lab: sum(u.label == lab for u in result.utterances) for lab in unknown},
+        "quarantined": len(result.quarantine) + len(quarantine),
+        **{k: metrics[k] for k in ("ua", "wa", "wf1", "mf1")},
+    }
+    (out / "score.json").write_text(json.dumps(summary, indent=1))
+    return {"summary": summary, "report": {k: str(v) for k, v in paths.items()}}

@@ -79,6 +79,10 @@ def test_errors_are_clear():
         load_speech_encoder({"source": "wav2vec2", "init": "random", "config": TINY, "layers": 3})
     with pytest.raises(EncoderLoadError, match="layer"):
         _enc(layer=7)
+    with pytest.raises(EncoderLoadError, match="without weights"):
+        load_speech_encoder({"source": "hubert"})
+    with pytest.raises(EncoderLoadError, match="(?s)no-such/speech-model.*s3://"):
+        load_speech_encoder({"source": "no-such/speech-model"})
     enc = _enc()
     with pytest.raises(ValueError, match="too short"):
         enc(torch.randn(2, 100), torch.tensor([[True] * 100, [True] * 5 + [False] * 95]))

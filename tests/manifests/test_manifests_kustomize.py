@@ -173,6 +173,7 @@ def test_core_kinds_validate_strictly(rendered, tmp_path):
     path = tmp_path / "core.yaml"
     path.write_text(yaml.safe_dump_all(core))
     cli = Path(sys.executable).with_name("kubernetes-validate")
+    cli = cli if cli.exists() else Path(shutil.which("kubernetes-validate") or cli)
     proc = subprocess.run([str(cli), "--strict", "--quiet", "-k", K8S_VERSION, str(path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr

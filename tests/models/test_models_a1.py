@@ -54,7 +54,7 @@ def test_dialogue_context_links_utterances(tiny, mh):
     torch.testing.assert_close(alone[2], base[2])  # one-utterance dialogue == no dialogue
 
 
-def test_masked_batchnorm_ignores_padding_in_training(mh):
+def test_masked_batchnorm_ignores_padding_in_training():
     from emoflow.models.base import MaskedBatchNorm2d
 
     bn = MaskedBatchNorm2d(3).train()

@@ -37,6 +37,15 @@ def test_minilm_asset_pretrained():
     assert enc["input_ids"][0].tolist() == [101, 7592, 2088, 102]
 
 
+def test_mpnet_asset_pretrained():
+    from emoflow.text.encoders import load_text_encoder
+
+    tok, model = load_text_encoder({"source": "mpnet"})
+    assert type(model).__name__ == "MPNetModel" and model.config.hidden_size == 768
+    assert tok("hello world")["input_ids"] == [0, 7596, 2092, 2]
+    assert model.encoder.layer[0].attention.attn.q.weight.abs().sum() > 0
+
+
 def test_random_init_from_family_and_from_asset_config():
     from emoflow.text.encoders import load_text_encoder
 
@@ -85,6 +94,9 @@ def test_bad_specs_are_named(tmp_path):
         load_text_encoder({"source": "bert"})  # a family name has no weights
     with pytest.raises(EncoderLoadError, match="not a folder"):
         load_text_encoder({"source": str(tmp_path / "missing")})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EncoderLoadError, match="config.json"):
+        load_text_encoder({"source": str(tmp_path / "empty")})
     with pytest.raises(EncoderLoadError, match="tokens"):
         load_text_encoder({"source": "bert", "init": "random", "config": {**TINY, "vocab_size": 100}, "tokenizer": "minilm"})
 

@@ -107,3 +107,15 @@ def test_scheduler_from_preset_dict():
     cfg = TrainConfig.from_preset({"train": {"scheduler": {"name": "halve_after", "constant_epochs": 8, "every": 2}, "epochs": 3}})
     assert cfg.scheduler == "halve_after" and cfg.scheduler_args == {"constant_epochs": 8, "every": 2}
     assert cfg.epochs == 3
+
+
+def test_specaugment_and_chunks_are_reproducible(tmp_path):
+    def run():
+        torch.manual_seed(0)
+        model = build_model("a1", tiny_preset(), LABELS)
+        cfg = TrainConfig(epochs=2, batch_size=4, seed=1, specaugment="aggressive", chunk_frames=[20, 30])
+        fit(model, make_items(12), None, cfg, device=torch.device("cpu"), progress=False)
+        return model.state_dict()
+
+    a, b = run(), run()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -31,21 +31,27 @@ SPEECH_FAMILIES = {"wav2vec2": "Wav2Vec2Model", "hubert": "HubertModel", "wavlm"
 SPEC_KEYS = {"source", "init", "config", "config_dict", "family", "freeze_feature_encoder", "layer", "normalize"}
 
 
-class _FamilyAuto:
-    """Stand-in for AutoModel that also understands the family names above."""
+def _speech_class(config):
+    import transformers
+
+    name = SPEECH_FAMILIES.get(config.model_type)
+    if name is None:
+        raise EncoderLoadError(f"speech encoder model_type {config.model_type!r} not one of {sorted(SPEECH_FAMILIES)}")
+    return getattr(transformers, name)
+
+
+class _SpeechAuto:
+    """AutoModel-like loader restricted to the speech families (used by build_hf_model)."""
 
     @staticmethod
-    def _cls(config):
-        import transformers
+    def from_config(config):
+        return _speech_class(config)(config)
 
-        name = SPEECH_FAMILIES.get(config.model_type)
-        if name is None:
-            raise EncoderLoadError(f"speech encoder model_type {config.model_type!r} not one of {sorted(SPEECH_FAMILIES)}")
-        return getattr(transformers, name)
+    @staticmethod
+    def from_pretrained(path, **kw):
+        from transformers import AutoConfig
 
-    @classmethod
-    def from_config(cls, config):
-        return cls._cls(config)(config)
+        return _speech_class(AutoConfig.from_pretrained(path)).from_pretrained(path, **kw)
 
 
 class SpeechEncoder(nn.Module):
@@ -130,10 +136,14 @@ def load_speech_encoder(spec: dict) -> SpeechEncoder:
         raise EncoderLoadError(f"unknown speech encoder spec keys: {sorted(unknown)}")
     hf_spec = {k: spec[k] for k in ("source", "init", "config", "config_dict", "family") if k in spec}
     source = spec.get("source")
+    if spec.get("init", "pretrained") == "pretrained" and source in SPEECH_FAMILIES:
+        raise EncoderLoadError(
+            f"speech source {source!r} is a family name without weights: use init 'random', or a folder / s3:// mirror / hub id"
+        )
     if spec.get("init", "pretrained") == "random" and not spec.get("config_dict") and source in SPEECH_FAMILIES:
-        model = _FamilyAuto.from_config(make_config({"model_type": source}, spec.get("config")))
+        model = _SpeechAuto.from_config(make_config({"model_type": source}, spec.get("config")))
     else:
-        model = build_hf_model(hf_spec, auto_cls=_Auto)
+        model = build_hf_model(hf_spec, auto_cls=_SpeechAuto)
     return SpeechEncoder(
         model,
         layer=spec.get("layer", "last"),
@@ -141,17 +151,3 @@ def load_speech_encoder(spec: dict) -> SpeechEncoder:
         freeze_feature_encoder=bool(spec.get("freeze_feature_encoder", False)),
     )
 
-
-class _Auto:
-    """AutoModel-like loader restricted to the speech families."""
-
-    @staticmethod
-    def from_config(config):
-        return _FamilyAuto.from_config(config)
-
-    @staticmethod
-    def from_pretrained(path, **kw):
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(path)
-        return _FamilyAuto._cls(config).from_pretrained(path, **kw)

@@ -101,7 +101,7 @@ def dialogue_context(gru: nn.GRU, x: torch.Tensor, dialogue: torch.Tensor | None
     packed = pack_padded_sequence(seq, lengths, batch_first=True, enforce_sorted=False)
     out, _ = gru(packed)
     out, _ = pad_packed_sequence(out, batch_first=True)
-    result = x.new_zeros(x.shape[0], out.shape[2])
+    result = out.new_zeros(x.shape[0], out.shape[2])  # GRU output dtype (autocast may pick it)
     for gi, g in enumerate(idx):
         result[g] = out[gi, : len(g)]
     return result

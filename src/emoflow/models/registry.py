@@ -173,7 +173,7 @@ def count_preset(arch: str, name: str) -> dict:
         "params": total,
         "trainable": param_count(model, trainable_only=True),
         "encoders": parts,
-        "heads": total - sum(parts.values()),
+        "rest": total - sum(parts.values()),  # everything outside the pretrained encoders
         "speech_frontend": param_count(model.speech_frontend()) if hasattr(model, "speech_frontend") else None,
         "reference": REFERENCES.get(arch, "") if name == "paper" else "CI size, random init",
         "note": "4 classes assumed for the output layer",

@@ -21,8 +21,11 @@ import argparse
 import asyncio
 import base64
 import binascii
+import concurrent.futures
+import io
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -41,16 +44,118 @@ log = logging.getLogger("emoflow.serving")
 MODES = ("audio+text", "audio-only", "asr-text")
 
 
+def default_torch_threads() -> int:
+    """Intra-op threads for CPU inference: half the cores (1 on a 2-core machine, leaving the other
+    core to HTTP and decoding; more threads than that only contend with the event loop)."""
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
 @dataclass
 class ServingConfig:
-    max_request_bytes: int = 10 * 1024 * 1024
+    max_request_bytes: int = 10 * 1024 * 1024   # audio bytes per request (the body may carry base64 + JSON)
     max_audio_seconds: float = 30.0
     min_audio_seconds: float = 0.1
+    max_instances: int = 64                       # instances per request
     max_batch_size: int = 16
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 2.0    # wait for more only while other requests are being decoded
     asr_backend: str = "none"       # none | faster-whisper | pocketsphinx: used when text is missing
     device: str = "auto"
     max_text_chars: int = 2000
+    max_speaker_chars: int = 200
+    torch_threads: int = field(default_factory=default_torch_threads)
+    prep_threads: int = 2         # threads decoding audio and computing features
+    channels_last: bool = True    # CPU convolutions run about 2x faster in NHWC
+
+    @property
+    def max_body_bytes(self) -> int:
+        """Largest HTTP body accepted: the audio limit in base64 plus room for JSON and text."""
+        return self.max_request_bytes * 4 // 3 + 64 * 1024
+
+
+SAMPLE_RATE = 16000
+MIN_NATIVE_RATE, MAX_NATIVE_RATE = 1000, 384000
+MAX_CHANNELS = 16
+
+
+class ClientAudioError(ValueError):
+    """The uploaded audio is unusable (reason is a metrics label, message names the problem)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def decode_audio_bounded(data: bytes, max_seconds: float, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode encoded audio to float32 mono at `sr`, refusing anything longer than `max_seconds`
+    before its samples are read (a small compressed file can declare hours of audio).
+
+    soundfile reads WAV/FLAC/OGG/MP3 headers first; anything it refuses goes to PyAV, which stops
+    decoding as soon as the limit is passed. Raises ClientAudioError.
+    """
+    import soundfile as sf
+    import soxr
+
+    try:
+        f = sf.SoundFile(io.BytesIO(data))
+    except Exception as sf_exc:  # noqa: BLE001 (libsndfile raises several types on garbage)
+        mono, native = _decode_av(data, max_seconds, sf_exc)
+    else:
+        with f:
+            native, frames, channels = int(f.samplerate), int(f.frames), int(f.channels)
+            _check_format(native, channels)
+            if frames / native > max_seconds:
+                raise ClientAudioError("too_long", f"audio is {frames / native:.1f} s, the limit is {max_seconds:g} s")
+            try:
+                block = f.read(frames=frames, dtype="float32", always_2d=True)
+            except Exception as exc:  # noqa: BLE001 (corrupt data after a valid header)
+                raise ClientAudioError("not_audio", f"audio could not be decoded ({type(exc).__name__}: {exc})") from None
+        mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+    if mono.size == 0:
+        raise ClientAudioError("empty", "audio holds no samples")
+    if not np.isfinite(mono).all():
+        raise ClientAudioError("not_audio", "audio has non-finite samples (NaN or infinity)")
+    if native != sr:
+        mono = soxr.resample(mono, native, sr, quality="HQ")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def _check_format(native: int, channels: int) -> None:
+    if not MIN_NATIVE_RATE <= native <= MAX_NATIVE_RATE:
+        raise ClientAudioError("not_audio", f"audio sample rate {native} Hz is outside "
+                                            f"{MIN_NATIVE_RATE}..{MAX_NATIVE_RATE} Hz")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise ClientAudioError("not_audio", f"audio has {channels} channels, at most {MAX_CHANNELS} are accepted")
+
+
+def _decode_av(data: bytes, max_seconds: float, sf_exc: Exception) -> tuple[np.ndarray, int]:
+    import av
+
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.audio:
+                raise ClientAudioError("not_audio", "audio could not be decoded (no audio stream found)")
+            stream = container.streams.audio[0]
+            native = int(stream.codec_context.sample_rate or stream.rate or 0)
+            channels = int(stream.codec_context.channels or 1)
+            _check_format(native, channels)
+            limit = int(max_seconds * native) + 1
+            resampler = av.AudioResampler(format="fltp", layout=None, rate=native)
+            chunks, total = [], 0
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().mean(axis=0, dtype=np.float32))  # channels averaged
+                    total += chunks[-1].size
+                if total > limit:
+                    raise ClientAudioError("too_long", f"audio is longer than the limit of {max_seconds:g} s")
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().mean(axis=0, dtype=np.float32))
+    except ClientAudioError:
+        raise
+    except Exception as av_exc:  # noqa: BLE001 (FFmpeg raises many types on garbage input)
+        raise ClientAudioError("not_audio", f"audio could not be decoded as WAV/FLAC/OGG/MP3/MP4 "
+                                            f"(soundfile: {sf_exc}; av: {type(av_exc).__name__})") from None
+    mono = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
+    return mono, native
 
 
 def resolve_model_dir(storage_uri: str, store_uri: str | None = None) -> tuple[Path, dict]:
@@ -62,10 +167,14 @@ def resolve_model_dir(storage_uri: str, store_uri: str | None = None) -> tuple[P
     if storage_uri.startswith("registry://"):
         from emoflow.config import store_uri as default_store
 
-        registry = Registry(open_store(store_uri or default_store()))
+        from emoflow.config import config_hash
+
+        store = store_uri or default_store()
+        registry = Registry(open_store(store))
         ref = storage_uri[len("registry://"):]
         name, version = registry.resolve(ref)
-        target = home() / "serving-cache" / name / version
+        # keyed by store too: two stores can both hold an "emoflow" v1
+        target = home() / "serving-cache" / config_hash(str(store)) / name / version
         if not (target / "manifest.json").exists():
             registry.download(f"{name}@{version}", target)
         return target, {"name": name, "version": version, **registry.show(f"{name}@{version}")}
@@ -102,52 +211,83 @@ class Instance:
 
 
 class MicroBatcher:
-    """Collects concurrent instances into batches of at most `max_batch` within `max_wait_ms`."""
+    """Collects concurrent instances into batches of at most `max_batch` and runs them one batch
+    at a time on a single worker thread.
 
-    def __init__(self, run_batch, max_batch: int, max_wait_ms: float):
+    Batching is greedy: a batch takes whatever is queued when the worker is free, so a lone
+    request never waits. It waits up to `max_wait_ms` for more only while `incoming` (requests
+    still being decoded, announced by the caller) is non-zero. An exception in a batch reaches
+    every request of that batch; the worker goes on with the next one.
+    """
+
+    def __init__(self, run_batch, max_batch: int, max_wait_ms: float, executor=None):
         self.run_batch = run_batch
-        self.max_batch = max(1, max_batch)
-        self.max_wait = max_wait_ms / 1000.0
+        self.max_batch = max(1, int(max_batch))
+        self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
+        self.executor = executor
         self.queue: asyncio.Queue | None = None
         self.worker: asyncio.Task | None = None
-        self.batches = 0
+        self.incoming = 0        # requests announced but not yet submitted
+        self.batches = 0         # batches run so far
+        self.items = 0           # instances run so far
+        self.largest = 0         # largest batch so far
 
-    async def submit(self, instances: list[Instance]) -> list[dict]:
+    def _ensure_worker(self) -> None:
         if self.queue is None:
             self.queue = asyncio.Queue()
+        if self.worker is None or self.worker.done():  # first use, or the worker died: (re)start it
             self.worker = asyncio.get_running_loop().create_task(self._loop())
+
+    async def submit(self, instances: list) -> list:
+        """Queue `instances` and wait for their results (in order)."""
+        self._ensure_worker()
         loop = asyncio.get_running_loop()
-        futures = []
-        for inst in instances:
-            fut = loop.create_future()
-            await self.queue.put((inst, fut))
-            futures.append(fut)
+        futures = [loop.create_future() for _ in instances]
+        for inst, fut in zip(instances, futures):
+            self.queue.put_nowait((inst, fut))
         return list(await asyncio.gather(*futures))
+
+    def _drain(self, pending: list) -> None:
+        while len(pending) < self.max_batch and not self.queue.empty():
+            pending.append(self.queue.get_nowait())
+
+    async def _collect(self) -> list:
+        loop = asyncio.get_running_loop()
+        pending = [await self.queue.get()]
+        self._drain(pending)
+        deadline = loop.time() + self.max_wait
+        while len(pending) < self.max_batch and self.incoming > 0:
+            timeout = deadline - loop.time()
+            if timeout <= 0:
+                break
+            try:
+                pending.append(await asyncio.wait_for(self.queue.get(), timeout))
+            except asyncio.TimeoutError:
+                break
+            self._drain(pending)
+        return pending
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            first = await self.queue.get()
-            pending = [first]
-            deadline = loop.time() + self.max_wait
-            while len(pending) < self.max_batch:
-                timeout = deadline - loop.time()
-                if timeout <= 0:
-                    break
-                try:
-                    pending.append(await asyncio.wait_for(self.queue.get(), timeout))
-                except asyncio.TimeoutError:
-                    break
+            pending = [(inst, fut) for inst, fut in await self._collect() if not fut.done()]  # drop cancelled
+            if not pending:
+                continue
             self.batches += 1
+            self.items += len(pending)
+            self.largest = max(self.largest, len(pending))
             try:
-                results = await loop.run_in_executor(None, self.run_batch, [inst for inst, _ in pending])
-                for (_, fut), res in zip(pending, results):
-                    if not fut.done():
-                        fut.set_result(res)
-            except Exception as exc:  # a server fault: every waiting request gets it
+                results = await loop.run_in_executor(self.executor, self.run_batch, [inst for inst, _ in pending])
+                if len(results) != len(pending):
+                    raise RuntimeError(f"batch of {len(pending)} returned {len(results)} results")
+            except Exception as exc:  # a server fault: every request of this batch gets it
                 for _, fut in pending:
                     if not fut.done():
                         fut.set_exception(exc)
+                continue
+            for (_, fut), res in zip(pending, results):
+                if not fut.done():
+                    fut.set_result(res)
 
 
 class EmotionPredictor(Model):
@@ -163,9 +303,21 @@ class EmotionPredictor(Model):
         self.labels: list[str] = []
         self.feature_config = None
         self.device = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()   # guards the lazy ASR backend only
         self._asr = None
-        self.batcher = MicroBatcher(self._run_batch, self.config.max_batch_size, self.config.max_wait_ms)
+        # decoding/features run on `prep_threads` threads, the model on one thread of its own, so
+        # neither blocks the event loop and batches never overlap
+        self._prep_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(1, self.config.prep_threads), thread_name_prefix="emoflow-prep",
+            initializer=self._set_threads)
+        self._model_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="emoflow-model", initializer=self._set_threads)
+        self.batcher = MicroBatcher(self._run_batch, self.config.max_batch_size, self.config.max_wait_ms,
+                                    executor=self._model_pool)
+
+    def _set_threads(self) -> None:
+        if self.config.torch_threads > 0:
+            torch.set_num_threads(self.config.torch_threads)
 
     # -- loading -------------------------------------------------------------------------------
     def load(self) -> bool:
@@ -174,8 +326,11 @@ class EmotionPredictor(Model):
         from emoflow.training.trainer import pick_device
 
         path, meta = resolve_model_dir(self.storage_uri, self.store)
+        self._set_threads()
         self.device = pick_device(self.config.device)
         model = load_model(path / "model").to(self.device).eval()
+        if self.config.channels_last and torch.device(self.device).type == "cpu":
+            model = model.to(memory_format=torch.channels_last)
         fc_path = path / "model" / "feature_config.json"
         self.feature_config = LogMelConfig(**(json.loads(fc_path.read_text()) if fc_path.exists() else {}))
         self.labels = list(model.labels)
@@ -206,46 +361,53 @@ class EmotionPredictor(Model):
         if not value:
             raise self._error("empty", f"{where}: 'audio' is empty")
         if len(value) > self.config.max_request_bytes * 4 // 3 + 4:
-            raise self._error("too_large", f"{where}: audio is larger than {self.config.max_request_bytes} bytes")
+            raise self._error("too_large", f"{where}: audio is larger than the limit of {self.config.max_request_bytes} bytes")
         try:
             return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             raise self._error("bad_base64", f"{where}: 'audio' is not valid base64") from None
 
+    def _text(self, value: Any, field_name: str, limit: int, where: str) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, (bytes, bytearray)):
+            value = bytes(value).decode("utf-8", "replace")
+        if not isinstance(value, str):
+            raise self._error("wrong_type", f"{where}: {field_name!r} must be a string, got {type(value).__name__}")
+        if len(value) > limit:
+            raise self._error("too_large", f"{where}: {field_name!r} is longer than {limit} characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise self._error("wrong_type", f"{where}: {field_name!r} is not valid unicode (lone surrogate)") from None
+        return value
+
     def _instance(self, audio: Any, text: Any, speaker: Any, where: str) -> Instance:
+        text = self._text(text, "text", self.config.max_text_chars, where)
+        speaker = self._text(speaker, "speaker", self.config.max_speaker_chars, where)
         data = self._decode_audio(audio, where)
         if not data:
             raise self._error("empty", f"{where}: 'audio' decodes to zero bytes")
         if len(data) > self.config.max_request_bytes:
             raise self._error("too_large", f"{where}: audio is {len(data)} bytes, the limit is {self.config.max_request_bytes}")
-        if text is not None and not isinstance(text, str):
-            raise self._error("wrong_type", f"{where}: 'text' must be a string, got {type(text).__name__}")
-        if text is not None and len(text) > self.config.max_text_chars:
-            raise self._error("too_large", f"{where}: 'text' is longer than {self.config.max_text_chars} characters")
-        if speaker is not None and not isinstance(speaker, str):
-            raise self._error("wrong_type", f"{where}: 'speaker' must be a string")
         inst = Instance(audio=data, text=text if text and text.strip() else None, speaker=speaker)
         self._prepare(inst, where)
         return inst
 
     def _prepare(self, inst: Instance, where: str) -> None:
-        from emoflow.audio.io import AudioError, load_audio
         from emoflow.audio.logmel import logmel
 
         try:
-            wave = load_audio(inst.audio, sr=16000)
-        except AudioError as exc:
-            raise self._error("not_audio", f"{where}: 'audio' could not be decoded as audio ({exc})") from None
-        except Exception as exc:  # decoders raise many types on garbage input
-            raise self._error("not_audio", f"{where}: 'audio' could not be decoded as audio ({type(exc).__name__})") from None
-        seconds = len(wave) / 16000
+            wave = decode_audio_bounded(inst.audio, self.config.max_audio_seconds)
+        except ClientAudioError as exc:
+            raise self._error(exc.reason, f"{where}: {exc}") from None
+        seconds = len(wave) / SAMPLE_RATE
         if seconds > self.config.max_audio_seconds:
             raise self._error("too_long", f"{where}: audio is {seconds:.1f} s, the limit is {self.config.max_audio_seconds} s")
         if seconds < self.config.min_audio_seconds:
             raise self._error("too_short", f"{where}: audio is {seconds:.3f} s, the minimum is {self.config.min_audio_seconds} s")
-        if not np.all(np.isfinite(wave)):
-            raise self._error("not_audio", f"{where}: audio has non-finite samples")
         inst.wave = wave
+        inst.audio = b""  # the encoded bytes are not needed any more
         if "logmel" in self.model.inputs:
             inst.logmel = logmel(wave, self.feature_config)
         uses_text = "text" in self.model.inputs
@@ -266,32 +428,57 @@ class EmotionPredictor(Model):
         with self._lock:
             if self._asr is None:
                 self._asr = get_backend(self.config.asr_backend)
-        return self._asr.transcribe_array(wave)["text"]
+        return self._asr(wave).text
+
+    def _v2_values(self, inp: Any) -> list:
+        name = inp.name
+        if inp.datatype != "BYTES":
+            raise self._error("wrong_type", f"v2 input {name!r}: datatype must be BYTES, got {inp.datatype}")
+        values = inp.data
+        if isinstance(values, np.ndarray):
+            values = values.tolist()
+        if not isinstance(values, list):
+            values = [values]
+        if any(isinstance(v, list) for v in values):  # nested (row-major) form: one level is allowed
+            if not all(isinstance(v, list) for v in values):
+                raise self._error("wrong_type", f"v2 input {name!r}: data mixes lists and values")
+            values = [x for row in values for x in row]
+        shape = inp.shape
+        if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                            for d in shape):
+            raise self._error("wrong_type", f"v2 input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+        declared = math.prod(shape) if shape else len(values)
+        if declared != len(values):
+            raise self._error("wrong_type", f"v2 input {name!r}: shape {list(shape)} does not match {len(values)} values")
+        for i, v in enumerate(values):
+            if not isinstance(v, (str, bytes, bytearray)):
+                raise self._error("wrong_type", f"v2 input {name!r}[{i}]: BYTES values must be strings, got {type(v).__name__}")
+        return values
+
+    def _check_count(self, n: int, what: str) -> None:
+        if n > self.config.max_instances:
+            raise self._error("too_large", f"{what}: {n} instances, the limit is {self.config.max_instances} per request")
 
     def parse(self, payload: Any) -> tuple[list[Instance], bool]:
         """Instances from a V1 dict or a v2 InferRequest; the flag says v2."""
         if isinstance(payload, InferRequest):
+            names = [inp.name for inp in payload.inputs]
+            if len(set(names)) != len(names):
+                raise self._error("wrong_type", f"v2 request: duplicate input names {sorted(names)}")
             inputs = {inp.name: inp for inp in payload.inputs}
             if "audio" not in inputs:
                 raise self._error("missing_audio", "v2 request: input 'audio' (BYTES) is required")
             unknown = sorted(set(inputs) - {"audio", "text", "speaker"})
             if unknown:
                 raise self._error("wrong_type", f"v2 request: unknown inputs {unknown}")
-            columns = {}
-            for name, inp in inputs.items():
-                if inp.datatype != "BYTES":
-                    raise self._error("wrong_type", f"v2 input {name!r}: datatype must be BYTES, got {inp.datatype}")
-                values = inp.data if isinstance(inp.data, list) else [inp.data]
-                declared = int(np.prod(inp.shape)) if inp.shape else len(values)
-                if declared != len(values):
-                    raise self._error("wrong_type", f"v2 input {name!r}: shape {inp.shape} does not match {len(values)} values")
-                columns[name] = [v.decode("utf-8", "replace") if isinstance(v, bytes) and name != "audio" else v for v in values]
+            columns = {name: self._v2_values(inp) for name, inp in inputs.items()}
             n = len(columns["audio"])
             for name, vals in columns.items():
                 if len(vals) != n:
                     raise self._error("wrong_type", f"v2 input {name!r} has {len(vals)} values, 'audio' has {n}")
             if n == 0:
                 raise self._error("empty", "v2 request: 'audio' has no values")
+            self._check_count(n, "v2 request")
             insts = [
                 self._instance(columns["audio"][i], (columns.get("text") or [None] * n)[i] or None,
                                (columns.get("speaker") or [None] * n)[i] or None, f"inputs[audio][{i}]")
@@ -299,17 +486,18 @@ class EmotionPredictor(Model):
             ]
             return insts, True
         if not isinstance(payload, dict):
-            raise self._error("wrong_type", "request body must be a JSON object")
+            raise self._error("wrong_type", f"request body must be a JSON object, got {type(payload).__name__}")
         instances = payload.get("instances")
         if not isinstance(instances, list) or not instances:
             raise self._error("missing_audio", "V1 request: 'instances' must be a non-empty list")
+        self._check_count(len(instances), "V1 request")
         insts = []
         for i, inst in enumerate(instances):
             if not isinstance(inst, dict):
                 raise self._error("wrong_type", f"instances[{i}] must be an object with 'audio' and optional 'text'")
             if "audio" not in inst:
                 raise self._error("missing_audio", f"instances[{i}]: 'audio' is required")
-            unknown = sorted(set(inst) - {"audio", "text", "speaker"})
+            unknown = sorted(str(k) for k in set(inst) - {"audio", "text", "speaker"})
             if unknown:
                 raise self._error("wrong_type", f"instances[{i}]: unknown fields {unknown}")
             insts.append(self._instance(inst["audio"], inst.get("text"), inst.get("speaker"), f"instances[{i}]"))
@@ -333,7 +521,7 @@ class EmotionPredictor(Model):
             batch = make_collate(tokenize)(items)
             batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
             model_mode = "audio" if mode == "audio-only" and "text" in self.model.inputs else "both"
-            with self._lock, torch.inference_mode():
+            with torch.inference_mode():  # one model thread: batches never overlap, no lock needed
                 result = self.model(batch, mode=model_mode)
             probs = torch.softmax(result["logits"].float(), -1).cpu().numpy()
             weights = result.get("modality_weights")
@@ -355,7 +543,12 @@ class EmotionPredictor(Model):
 
     async def predict(self, payload: Any, headers: dict | None = None, response_headers: dict | None = None):
         started = time.perf_counter()
-        instances, is_v2 = self.parse(payload)
+        loop = asyncio.get_running_loop()
+        self.batcher.incoming += 1  # lets the batcher wait for this request while it is decoded
+        try:
+            instances, is_v2 = await loop.run_in_executor(self._prep_pool, self.parse, payload)
+        finally:
+            self.batcher.incoming -= 1
         results = await self.batcher.submit(instances)
         if self.metrics is not None:
             for res in results:
@@ -390,6 +583,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_audio_seconds", type=float, default=ServingConfig.max_audio_seconds)
     parser.add_argument("--max_batch_size", type=int, default=ServingConfig.max_batch_size)
     parser.add_argument("--max_wait_ms", type=float, default=ServingConfig.max_wait_ms)
+    parser.add_argument("--max_instances", type=int, default=ServingConfig.max_instances)
+    parser.add_argument("--torch_threads", type=int, default=default_torch_threads(),
+                        help="intra-op threads for CPU inference (default: half the cores)")
+    parser.add_argument("--prep_threads", type=int, default=ServingConfig.prep_threads,
+                        help="threads decoding audio and computing features")
+    parser.add_argument("--no_channels_last", action="store_true", help="keep NCHW convolutions on CPU")
     parser.add_argument("--asr_backend", default=ServingConfig.asr_backend,
                         help="ASR for requests without text: none, faster-whisper, pocketsphinx")
     parser.add_argument("--device", default="auto")
@@ -404,8 +603,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServingConfig(
         max_request_bytes=args.max_request_bytes, max_audio_seconds=args.max_audio_seconds,
-        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-        asr_backend=args.asr_backend, device=args.device,
+        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_instances=args.max_instances,
+        asr_backend=args.asr_backend, device=args.device, torch_threads=args.torch_threads,
+        prep_threads=args.prep_threads, channels_last=not args.no_channels_last,
     )
     model = EmotionPredictor(args.model_name, args.storage_uri, store=args.store, config=config,
                              metrics=default_metrics())

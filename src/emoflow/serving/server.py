@@ -4,12 +4,15 @@
 - The model loads in the background after the server starts, and ``/v2/health/ready`` answers 503
   until it is loaded (KServe's own server-ready check always answers ready); requests that arrive
   before then get 503 instead of triggering a second load.
+- Request bodies over the model's ``config.max_body_bytes`` get 413 before they are read whole.
+- SIGTERM/SIGINT stop the HTTP server (KServe's handler only stops its multi-process server).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import os
 import threading
@@ -38,6 +41,67 @@ class LoadFailed(RuntimeError):
     pass
 
 
+class BodyLimitMiddleware:
+    """ASGI middleware: 413 for request bodies over `limit` bytes (declared or streamed)."""
+
+    def __init__(self, app, limit: int, hint: str = ""):
+        self.app = app
+        self.limit = limit
+        self.hint = hint
+
+    async def _reject(self, send, size: int | None) -> None:
+        got = f"{size} bytes" if size is not None else f"more than {self.limit} bytes"
+        body = json.dumps({"error": f"request body is {got}, the limit is {self.limit} bytes{self.hint}"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or self.limit <= 0:
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                size = None
+            if size is not None and size > self.limit:
+                return await self._reject(send, size)
+            if size is not None:
+                return await self.app(scope, receive, send)
+        # no (or unreadable) length: read the stream up to the limit, then replay it
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            total += len(chunks[-1])
+            if total > self.limit:
+                return await self._reject(send, None)
+            if not message.get("more_body", False):
+                break
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay_receive():
+            return replay.pop() if replay else await receive()
+
+        return await self.app(scope, replay_receive, send)
+
+
+class LimitedRESTServer(RESTServer):
+    def __init__(self, *args, body_limit: int = 0, body_hint: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.body_limit = body_limit
+        self.body_hint = body_hint
+
+    def _add_middlewares(self, app) -> None:
+        super()._add_middlewares(app)
+        if self.body_limit > 0:
+            app.add_middleware(BodyLimitMiddleware, limit=self.body_limit, hint=self.body_hint)
+
+
 class EmoflowModelServer(ModelServer):
     def __init__(self, *, host: str = "127.0.0.1", http_port: int = 8080, **kwargs):
         kwargs.setdefault("enable_grpc", False)
@@ -62,10 +126,15 @@ class EmoflowModelServer(ModelServer):
             model.enable_latency_logging = self.enable_latency_logging
             if not model.ready:
                 self._load_in_background(model)
-        self._rest_server = RESTServer(
+        configs = [getattr(m, "config", None) for m in models]
+        limits = [c.max_body_bytes for c in configs if c is not None and hasattr(c, "max_body_bytes")]
+        hint = "".join(f" (max_request_bytes={c.max_request_bytes} of audio, base64 in JSON)"
+                       for c in configs[:1] if c is not None and hasattr(c, "max_request_bytes"))
+        self._rest_server = LimitedRESTServer(
             "kserve.model_server:app", self.dataplane, self.model_repository_extension, self.http_port,
             access_log_format=self.access_log_format, workers=1, grace_period=self.grace_period,
             event_loop=self.event_loop, timeout_keep_alive=self.timeout_keep_alive,
+            body_limit=max(limits, default=0), body_hint=hint,
         )
         self._rest_server.config.host = self.host
         self.servers.append(self._rest_server.start())
@@ -83,6 +152,11 @@ class EmoflowModelServer(ModelServer):
             loop.run_until_complete(self._serve())
         finally:
             loop.close()
+
+    def stop(self, sig: int) -> None:
+        """Signal handler: finish requests in flight, then exit."""
+        log.info("signal %s: stopping", sig)
+        self.stop_serving()
 
     def stop_serving(self) -> None:
         """Ask the HTTP server to exit (it finishes requests in flight)."""

@@ -98,6 +98,8 @@ def _load_config(source: str, resolved: Path | str, family: str | None):
 
     if source in FAMILIES and not isinstance(resolved, Path):
         return AutoConfig.for_model(source)
+    if isinstance(resolved, Path) and not (resolved / "config.json").exists():
+        raise EncoderLoadError(f"encoder source {source!r}: no config.json in {resolved}")
     try:
         return AutoConfig.from_pretrained(str(resolved))
     except (OSError, ValueError) as exc:
@@ -174,10 +176,12 @@ def build_hf_model(spec: dict, auto_cls=None):
             resolved = resolve_source(source) if source not in FAMILIES else source
             config = make_config(_load_config(source, resolved, spec.get("family")), overrides)
         return auto_cls.from_config(config)
-    if source is None or source in FAMILIES:
+    if source is None or (source in FAMILIES and not _is_asset(source)):
         raise EncoderLoadError(f"init 'pretrained' needs a real source (asset, folder, s3:// or hub id), got {source!r}")
     resolved = resolve_source(source)
     if isinstance(resolved, Path):
+        if not (resolved / "config.json").exists():
+            raise EncoderLoadError(f"encoder source {source!r}: no config.json in {resolved}")
         if any(resolved.glob("*.safetensors")):
             return auto_cls.from_pretrained(str(resolved), use_safetensors=True)
         config = AutoConfig.from_pretrained(str(resolved))

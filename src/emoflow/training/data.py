@@ -146,9 +146,10 @@ def _pad(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 def make_collate(
     tokenize: Callable[[list[str]], dict] | None,
     *,
-    transform_logmel: Callable[[np.ndarray], np.ndarray] | None = None,
+    batch_logmel: Callable[[list[np.ndarray]], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> Callable[[list[Item]], dict]:
-    """Collate items into the model batch contract; `transform_logmel` is the training-time augmentation."""
+    """Collate items into the model batch contract; `batch_logmel` replaces padding (e.g. the
+    random T-frame chunks of training)."""
 
     def collate(items: list[Item]) -> dict:
         batch: dict = {
@@ -156,8 +157,8 @@ def make_collate(
             "labels": torch.tensor([it.label for it in items], dtype=torch.long),
         }
         if items[0].logmel is not None:
-            mels = [transform_logmel(it.logmel) if transform_logmel else it.logmel for it in items]
-            batch["logmel"], batch["logmel_mask"] = _pad(mels)
+            mels = [it.logmel for it in items]
+            batch["logmel"], batch["logmel_mask"] = batch_logmel(mels) if batch_logmel else _pad(mels)
         if items[0].wave is not None:
             batch["wave"], batch["wave_mask"] = _pad([it.wave for it in items])
         if tokenize is not None:

@@ -135,12 +135,19 @@ class Checkpointer:
         return torch.load(io.BytesIO(self.store.get_bytes(self.key)), map_location="cpu", weights_only=True)
 
 
-def _make_augment(cfg: TrainConfig) -> Callable | None:
+def _augmenters(cfg: TrainConfig, epoch: int):
+    """SpecAugment and random T-frame chunks for one epoch, seeded by (seed, epoch)."""
     if not cfg.specaugment and not cfg.chunk_frames:
-        return None
-    from emoflow.audio import specaugment
+        return None, None
+    from emoflow.audio.specaugment import ChunkSampler, SpecAugment
 
-    return specaugment.make_transform(policy=cfg.specaugment, chunk_frames=cfg.chunk_frames)
+    seed = cfg.seed * 1000 + epoch
+    spec = SpecAugment(cfg.specaugment, seed=seed) if cfg.specaugment else None
+    chunks = None
+    if cfg.chunk_frames:
+        sampler = ChunkSampler(cfg.chunk_frames, seed=seed + 1)
+        chunks = lambda mels: sampler([torch.from_numpy(np.ascontiguousarray(m)) for m in mels])  # noqa: E731
+    return spec, chunks
 
 
 @torch.inference_mode()
@@ -223,7 +230,6 @@ def fit(
         if state.get("done"):
             start_epoch = cfg.epochs
     tokenize = getattr(model, "tokenize", None) if "text" in model.inputs else None
-    augment = _make_augment(cfg)
     sampler = BucketBatchSampler([it.length for it in train.items], cfg.batch_size, shuffle=True, seed=cfg.seed)
     steps_per_epoch = len(sampler)
     total_steps = max(1, cfg.epochs * steps_per_epoch)
@@ -234,15 +240,16 @@ def fit(
     for epoch in range(start_epoch, cfg.epochs):
         torch.manual_seed(cfg.seed * 1000 + epoch)
         sampler.set_epoch(epoch)
-        if augment is not None:
-            augment.reseed(cfg.seed * 1000 + epoch)
-        loader = DataLoader(train, batch_sampler=sampler, collate_fn=make_collate(tokenize, transform_logmel=augment))
+        spec, chunks = _augmenters(cfg, epoch)
+        loader = DataLoader(train, batch_sampler=sampler, collate_fn=make_collate(tokenize, batch_logmel=chunks))
         model.train()
         total, count = 0.0, 0
         bar = tqdm(loader, desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for step, batch in enumerate(bar):
             if hasattr(model, "set_progress"):
                 model.set_progress((epoch * steps_per_epoch + step) / total_steps)
+            if spec is not None and "logmel" in batch:
+                batch = spec.augment_batch(batch)
             batch = _to_device(batch, device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 out = model(batch, mode="both")

@@ -1,0 +1,227 @@
+"""P3: predictor throughput, latency and server overhead over real HTTP on 127.0.0.1 (CPU).
+
+For each preset (A1 ``tiny`` and A1 ``paper``, both randomly initialised: no hub weights offline)
+a model is registered in a temporary store and served by ``start_local_server`` (the predictor
+process ``python -m emoflow.serving.predictor``). Then, with the same V1 request (one instance:
+a 2.5 s 16 kHz WAV and a short text):
+
+- 1 client, then 8 concurrent clients (closed loop, keep-alive, asyncio + httpx), each phase for
+  ``--seconds`` after a warm-up: throughput (requests/s), latency p50/p99;
+- in-process: the same predictor code in this process (``parse`` = base64 + audio decode +
+  log-mel, then ``_run_batch`` = collate + forward + softmax) on the same payload, one at a time.
+
+Printed ratios, measured in one run: throughput 8 clients / 1 client (target >= 3), p99/p50 at
+1 and 8 clients (target <= 2), server overhead = HTTP p50 at 1 client / in-process p50 - 1
+(target <= 15 %). The machine load average is printed too: on a shared machine it matters.
+
+    python benchmarks/bench_serving.py [--presets tiny,paper] [--seconds 10] [--clients 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("EMOFLOW_HOME", str(REPO / ".emoflow"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+
+LABELS = ["angry", "happy", "neutral", "sad"]
+TEXT = "I really did not expect to see you here today"
+
+
+def wav_payload(seconds: float = 2.5, sr: int = 16000, seed: int = 0) -> bytes:
+    """A voiced-like test clip: harmonics with a moving pitch plus a little noise, as WAV bytes."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 140 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    wave = sum(0.2 / k * np.sin(k * phase) for k in range(1, 6)) + 0.01 * rng.normal(size=t.shape)
+    buf = io.BytesIO()
+    sf.write(buf, wave.astype(np.float32), sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def register(root: Path, preset_name: str) -> str:
+    """Register a randomly initialised A1 `preset_name` as emoflow@production; return the store URI."""
+    from emoflow.models import build_model, load_preset, save_model
+    from emoflow.registry import Registry
+    from emoflow.storage import open_store
+
+    preset = load_preset("a1", preset_name)
+    preset["model"]["text_encoder"]["init"] = "random"  # offline: no pretrained BERT weights
+    model = build_model("a1", preset, LABELS)
+    src = root / "model-src" / "model"
+    save_model(model, src)
+    (src / "feature_config.json").write_text(json.dumps({"n_mels": preset["features"]["logmel"]["n_mels"]}))
+    files = {f"model/{p.name}": p for p in src.iterdir()}
+    store_uri = str(root / "store")
+    registry = Registry(open_store(store_uri))
+    version = registry.register("emoflow", files, {"arch": "a1", "preset": preset_name})
+    registry.promote("emoflow", version, "production")
+    return store_uri
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+async def load_phase(url: str, body: bytes, clients: int, seconds: float, warmup: int) -> dict:
+    """`clients` closed-loop clients for `seconds`; returns throughput and latencies (ms)."""
+    import httpx
+
+    headers = {"content-type": "application/json"}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        async def one() -> float:
+            t0 = time.perf_counter()
+            r = await client.post("/v1/models/emoflow:predict", content=body, headers=headers)
+            if r.status_code != 200:
+                raise RuntimeError(f"HTTP {r.status_code}: {r.text[:300]}")
+            return (time.perf_counter() - t0) * 1000
+
+        for _ in range(warmup):  # warm-up, every client connection opened
+            await asyncio.gather(*(one() for _ in range(clients)))
+        latencies: list[float] = []
+        stop = time.perf_counter() + seconds
+
+        async def worker():
+            while time.perf_counter() < stop:
+                latencies.append(await one())
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    return {"clients": clients, "requests": len(latencies), "rps": len(latencies) / wall,
+            "p50": percentile(latencies, 50), "p99": percentile(latencies, 99)}
+
+
+def in_process(store: str, payload: dict, seconds: float, config) -> dict:
+    """The predictor's own code path in this process, one request at a time (no HTTP, no batcher)."""
+    from emoflow.serving.predictor import EmotionPredictor
+
+    pred = EmotionPredictor("emoflow", "registry://emoflow@production", store=store, config=config)
+    pred.load()
+    run = lambda: pred._run_batch(pred.parse(payload)[0])  # noqa: E731
+    forward_only = pred.parse(payload)[0]
+    for _ in range(10):
+        run()
+    lat, fwd = [], []
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop:
+        t0 = time.perf_counter()
+        run()
+        lat.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        pred._run_batch(forward_only)
+        fwd.append((time.perf_counter() - t0) * 1000)
+    pred._prep_pool.shutdown()
+    pred._model_pool.shutdown()
+    return {"requests": len(lat), "p50": percentile(lat, 50), "p99": percentile(lat, 99),
+            "model_p50": percentile(fwd, 50)}
+
+
+def bench_preset(preset: str, args) -> dict:
+    from emoflow.serving.local import start_local_server, stop_local_server
+    from emoflow.serving.predictor import ServingConfig
+
+    with tempfile.TemporaryDirectory(prefix=f"bench-serving-{preset}-") as tmp:
+        t0 = time.perf_counter()
+        store = register(Path(tmp), preset)
+        print(f"[{preset}] registered in {time.perf_counter() - t0:.1f} s", flush=True)
+        audio = wav_payload(args.audio_seconds)
+        payload = {"instances": [{"audio": base64.b64encode(audio).decode(), "text": TEXT}]}
+        body = json.dumps(payload).encode()
+        port = args.port or _free_port()
+        extra = ["--max_batch_size", str(args.max_batch_size), "--max_wait_ms", str(args.max_wait_ms)]
+        if args.torch_threads:
+            extra += ["--torch_threads", str(args.torch_threads)]
+        url = start_local_server("emoflow@production", store, host="127.0.0.1", port=port, extra_args=extra,
+                                 timeout_s=300)
+        pid = int((Path(os.environ["EMOFLOW_HOME"]) / "serve" / f"{port}.pid").read_text())
+        _reap_in_background(pid)
+        try:
+            one = asyncio.run(load_phase(url, body, 1, args.seconds, warmup=10))
+            print(f"[{preset}] 1 client: {one}", flush=True)
+            many = asyncio.run(load_phase(url, body, args.clients, args.seconds, warmup=5))
+            print(f"[{preset}] {args.clients} clients: {many}", flush=True)
+        finally:
+            stop_local_server(port)
+        config = ServingConfig()
+        if args.torch_threads:
+            config.torch_threads = args.torch_threads
+        local = in_process(store, payload, args.seconds, config)
+        print(f"[{preset}] in-process: {local}", flush=True)
+    return {
+        "preset": preset, "one": one, "many": many, "local": local,
+        "speedup": many["rps"] / one["rps"],
+        "tail_1": one["p99"] / one["p50"], "tail_n": many["p99"] / many["p50"],
+        "overhead": one["p50"] / local["p50"] - 1,
+    }
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _reap_in_background(pid: int) -> None:
+    """start_local_server's child becomes a zombie on exit; reap it so stopping returns at once."""
+    import threading
+
+    def wait():
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+    threading.Thread(target=wait, daemon=True).start()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", default="tiny,paper", help="A1 presets, comma separated")
+    ap.add_argument("--seconds", type=float, default=10.0, help="duration of each measured phase")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--audio-seconds", type=float, default=2.5)
+    ap.add_argument("--max-batch-size", type=int, default=16)
+    ap.add_argument("--max-wait-ms", type=float, default=2.0)
+    ap.add_argument("--torch-threads", type=int, default=0, help="0: the predictor's default")
+    ap.add_argument("--port", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    print(f"cpu cores {os.cpu_count()}, torch {torch.__version__}, load average {os.getloadavg()}", flush=True)
+    rows = [bench_preset(p.strip(), args) for p in args.presets.split(",") if p.strip()]
+    print(f"\nP3 (CPU, {os.cpu_count()} cores, load average now {os.getloadavg()[0]:.1f}; "
+          f"models randomly initialised; {args.audio_seconds:g} s WAV + text per request)")
+    print(f"{'preset':8} {'rps@1':>7} {'rps@' + str(args.clients):>7} {'x':>6} {'p50@1':>7} {'p99@1':>7} "
+          f"{'p50@' + str(args.clients):>7} {'p99@' + str(args.clients):>7} {'p99/p50@1':>9} "
+          f"{'p99/p50@' + str(args.clients):>10} {'inproc':>7} {'model':>6} {'overhead':>8}")
+    for r in rows:
+        o, m, lo = r["one"], r["many"], r["local"]
+        print(f"{r['preset']:8} {o['rps']:7.1f} {m['rps']:7.1f} {r['speedup']:6.2f} {o['p50']:7.1f} {o['p99']:7.1f} "
+              f"{m['p50']:7.1f} {m['p99']:7.1f} {r['tail_1']:9.2f} {r['tail_n']:10.2f} {lo['p50']:7.1f} "
+              f"{lo['model_p50']:6.1f} {100 * r['overhead']:7.1f}%")
+    print("targets: x >= 3, p99/p50 <= 2, overhead <= 15 %  (latencies in ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""Frozen-encoder embeddings, computed once per utterance and encoder, cached in the store.
+
+    cache = EmbeddingCache(store, {"source": "wavlm", "init": "random", "config": {...}}, kind="speech")
+    batch = cache.batch(utterances)   # {"frames" [B,T,H], "frames_mask" [B,T], "pooled" [B,H]}
+
+Layout in the store::
+
+    embeddings/<kind>/<key_hash>/spec.json
+    embeddings/<kind>/<key_hash>/<corpus>/<id>-<src8>.safetensors   {"pooled": [H], "frames": [T, H]}
+
+``key_hash`` = config hash of the encoder spec + the input config (sample rate, text
+max_length, pooling, frames stored, init seed), so changing any of them computes new
+embeddings, and everything else reuses them: a run of 4 architectures x 5 folds forwards
+each utterance through the encoder once (``forward_count`` counts utterances forwarded per
+``key_hash`` in this process; P2 in benchmarks/bench_encoder_cache.py). The encoder is
+loaded lazily (only when something is missing), once per process, in ``eval()`` mode, and
+run under ``torch.inference_mode()`` in length-sorted batches, on the GPU when there is one.
+
+Speech (``kind="speech"``) uses ``emoflow.audio.encoders.load_speech_encoder`` on 16 kHz
+waveforms (``load_audio``, start/end honoured); frames are the encoder's frame sequence,
+pooled is their mean over real frames. Text (``kind="text"``) uses
+``emoflow.text.encoders.load_text_encoder`` on ``utt.text``; frames are token states, pooled
+is the attention-masked mean (sentence-transformers style). A random ``init`` is seeded
+(``seed``, in the hash) so cached and recomputed values agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from collections import Counter
+
+import numpy as np
+import torch
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+from tqdm.auto import tqdm
+
+from emoflow.audio.features import _open, _safe
+from emoflow.audio.io import AudioError, load_audio
+from emoflow.config import config_hash
+from emoflow.corpora.record import Utterance
+
+PREFIX = "embeddings"
+KINDS = ("speech", "text")
+
+# utterances forwarded through each encoder (by key hash) in this process
+FORWARD_COUNTS: Counter = Counter()
+_ENCODERS: dict[str, tuple] = {}
+_LOCK = threading.Lock()
+
+
+class EmbeddingError(RuntimeError):
+    """Embedding extraction failed for a named utterance or encoder."""
+
+
+def forward_count(key_hash: str | None = None) -> int:
+    """Utterances forwarded through the encoder ``key_hash`` (all encoders when None)."""
+    return FORWARD_COUNTS[key_hash] if key_hash else sum(FORWARD_COUNTS.values())
+
+
+def load_embedding(store, key: str) -> dict[str, np.ndarray]:
+    """Read one stored embedding: {"pooled": [H], "frames": [T, H]} (frames when stored)."""
+    return st_load(_open(store).get_bytes(key))
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class EmbeddingCache:
+    """Embeddings of one frozen encoder for many utterances, computed at most once each."""
+
+    def __init__(self, store, encoder: dict, kind: str = "speech", *, sample_rate: int = 16000,
+                 max_length: int = 512, store_frames: bool = True, seed: int = 0, device: str | None = None,
+                 batch_size: int = 8, progress: bool | None = None):
+        if kind not in KINDS:
+            raise ValueError(f"embedding kind must be one of {KINDS}, got {kind!r}")
+        if not isinstance(encoder, dict) or "source" not in encoder:
+            raise ValueError(f"encoder spec must be a dict with a 'source', got {encoder!r}")
+        self.store = _open(store)
+        self.encoder = dict(encoder)
+        self.kind = kind
+        self.input_cfg = ({"sample_rate": sample_rate} if kind == "speech" else {"max_length": max_length})
+        self.input_cfg.update(pooling="mean", frames=bool(store_frames), seed=seed)
+        self.key_hash = config_hash({"kind": kind, "encoder": self.encoder, "input": self.input_cfg})
+        self.device = torch.device(device or default_device())
+        self.batch_size = batch_size
+        self.progress = progress
+        self._spec_written = False
+
+    # ---- keys -----------------------------------------------------------------------------
+    @property
+    def prefix(self) -> str:
+        return f"{PREFIX}/{self.kind}/{self.key_hash}"
+
+    def key(self, utt: Utterance) -> str:
+        src = config_hash([utt.audio, utt.start, utt.end] if self.kind == "speech" else [utt.text], 8)
+        return f"{self.prefix}/{_safe(utt.corpus)}/{_safe(utt.id)}-{src}.safetensors"
+
+    def _has_input(self, utt: Utterance) -> bool:
+        return bool(utt.audio) if self.kind == "speech" else bool(utt.text and utt.text.strip())
+
+    # ---- encoder --------------------------------------------------------------------------
+    def _model(self):
+        with _LOCK:
+            cached = _ENCODERS.get(self.key_hash)
+            if cached is None:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(self.input_cfg["seed"])
+                    if self.kind == "speech":
+                        from emoflow.audio.encoders import load_speech_encoder
+
+                        cached = (None, load_speech_encoder(self.encoder))
+                    else:
+                        from emoflow.text.encoders import load_text_encoder
+
+                        tokenizer, model = load_text_encoder(self.encoder)
+                        if tokenizer is None:
+                            raise EmbeddingError(f"text encoder {self.encoder.get('source')!r} has no tokenizer")
+                        cached = (tokenizer, model)
+                cached[1].eval().requires_grad_(False)
+                _ENCODERS[self.key_hash] = cached
+        tokenizer, model = cached
+        return tokenizer, model.to(self.device)
+
+    def _forward(self, items: list[tuple[Utterance, object]]) -> list[dict[str, np.ndarray]]:
+        tokenizer, model = self._model()
+        with torch.inference_mode():
+            if self.kind == "speech":
+                lengths = [len(w) for _, w in items]
+                wave = torch.zeros(len(items), max(lengths))
+                for i, (_, w) in enumerate(items):
+                    wave[i, : len(w)] = torch.from_numpy(w)
+                mask = torch.arange(wave.shape[1])[None, :] < torch.tensor(lengths)[:, None]
+                frames, fmask = model(wave.to(self.device), mask.to(self.device))
+            else:
+                enc = tokenizer([t for _, t in items], padding=True, truncation=True,
+                                max_length=self.input_cfg["max_length"], return_tensors="pt")
+                enc = {k: v.to(self.device) for k, v in enc.items()}
+                frames = model(**enc).last_hidden_state
+                fmask = enc["attention_mask"].bool()
+            m = fmask.unsqueeze(-1).to(frames.dtype)
+            pooled = (frames * m).sum(1) / m.sum(1).clamp(min=1)
+            frames, pooled, n = frames.float().cpu().numpy(), pooled.float().cpu().numpy(), fmask.sum(1).tolist()
+        FORWARD_COUNTS[self.key_hash] += len(items)
+        out = []
+        for i in range(len(items)):
+            d = {"pooled": np.ascontiguousarray(pooled[i])}
+            if self.input_cfg["frames"]:
+                d["frames"] = np.ascontiguousarray(frames[i, : int(n[i])])
+            out.append(d)
+        return out
+
+    # ---- public ---------------------------------------------------------------------------
+    def ensure(self, utterances: list[Utterance], quarantine: list | None = None,
+               summary: dict | None = None) -> dict[str, str]:
+        """Compute what is missing; return {utterance id: key} for every utterance with input.
+
+        Utterances without input (no audio / no text) are counted in ``summary["no_input"]``.
+        A failure raises EmbeddingError naming the utterance, or is appended to ``quarantine``
+        ({"id", "corpus", "step": "embeddings", "reason"}) when a list is given.
+        """
+        ids = [u.id for u in utterances]
+        if len(set(ids)) != len(ids):
+            raise EmbeddingError(f"duplicate utterance ids: {sorted({i for i in ids if ids.count(i) > 1})[:5]}")
+        keys, todo, no_input, failed = {}, [], 0, 0
+        for u in utterances:
+            if not self._has_input(u):
+                no_input += 1
+                continue
+            keys[u.id] = self.key(u)
+            if not self.store.exists(keys[u.id]):
+                todo.append(u)
+        if todo and not self._spec_written:
+            self.store.put_bytes(f"{self.prefix}/spec.json", json.dumps(
+                {"kind": self.kind, "encoder": self.encoder, "input": self.input_cfg}, sort_keys=True,
+                indent=1, default=str).encode())
+            self._spec_written = True
+        inputs = []
+        for u in todo:
+            if self.kind == "text":
+                inputs.append((u, u.text))
+                continue
+            try:
+                inputs.append((u, load_audio(u.audio, sr=self.input_cfg["sample_rate"], start=u.start, end=u.end)))
+            except AudioError as exc:
+                failed += 1
+                keys.pop(u.id)
+                if quarantine is None:
+                    raise EmbeddingError(f"embeddings for {u.id!r}: {exc}") from exc
+                quarantine.append({"id": u.id, "corpus": u.corpus, "step": "embeddings", "reason": str(exc)})
+        # length-sorted batches waste little padding
+        inputs.sort(key=lambda it: len(it[1]))
+        with tqdm(total=len(inputs), desc=f"{self.kind} embeddings {self.key_hash}", unit="utt", leave=False,
+                  disable=(not self.progress) if self.progress is not None else None) as bar:
+            for i in range(0, len(inputs), self.batch_size):
+                chunk = inputs[i:i + self.batch_size]
+                try:
+                    results = self._forward(chunk)
+                except (ValueError, RuntimeError) as exc:
+                    names = [u.id for u, _ in chunk]
+                    raise EmbeddingError(f"encoder {self.encoder.get('source')!r} failed on {names}: {exc}") from exc
+                for (u, _), d in zip(chunk, results):
+                    self.store.put_bytes(keys[u.id], st_save(d))
+                bar.update(len(chunk))
+        if summary is not None:
+            summary.update(total=len(utterances), computed=len(inputs), reused=len(keys) - len(inputs),
+                           no_input=no_input, quarantined=failed, key_hash=self.key_hash, prefix=self.prefix)
+        return keys
+
+    def get(self, utt: Utterance) -> dict[str, np.ndarray]:
+        """{"pooled", "frames"} of one utterance (computed first if missing)."""
+        keys = self.ensure([utt])
+        if utt.id not in keys:
+            raise EmbeddingError(f"utterance {utt.id!r} has no {'audio' if self.kind == 'speech' else 'text'}")
+        return load_embedding(self.store, keys[utt.id])
+
+    def batch(self, utterances: list[Utterance]) -> dict[str, torch.Tensor]:
+        """Padded tensors for a model batch: frames [B,T,H], frames_mask [B,T] bool, pooled [B,H]."""
+        keys = self.ensure(utterances)
+        missing = [u.id for u in utterances if u.id not in keys]
+        if missing:
+            raise EmbeddingError(f"utterances without {self.kind} input: {missing[:5]}")
+        loaded = [load_embedding(self.store, keys[u.id]) for u in utterances]
+        out = {"pooled": torch.from_numpy(np.stack([d["pooled"] for d in loaded]))}
+        if self.input_cfg["frames"]:
+            t = max(d["frames"].shape[0] for d in loaded)
+            h = loaded[0]["frames"].shape[1]
+            frames = torch.zeros(len(loaded), t, h)
+            mask = torch.zeros(len(loaded), t, dtype=torch.bool)
+            for i, d in enumerate(loaded):
+                frames[i, : len(d["frames"])] = torch.from_numpy(d["frames"])
+                mask[i, : len(d["frames"])] = True
+            out.update(frames=frames, frames_mask=mask)
+        return out
+
+
+def compute_embeddings(utterances: list[Utterance], store, encoder: dict, kind: str = "speech", *,
+                       quarantine: list | None = None, summary: dict | None = None, **options) -> list[Utterance]:
+    """Pipeline-step form: embeddings for all utterances; ``extra["embeddings"][key_hash]`` = key.
+
+    Options are those of EmbeddingCache. Returns new records; quarantined ones are left out
+    (and listed in ``quarantine``); utterances without input pass through unchanged.
+    """
+    cache = EmbeddingCache(store, encoder, kind, **options)
+    keys = cache.ensure(utterances, quarantine=quarantine, summary=summary)
+    bad = {q["id"] for q in quarantine or [] if q.get("step") == "embeddings"}
+    out = []
+    for u in utterances:
+        if u.id in bad:
+            continue
+        if u.id in keys:
+            emb = {**u.extra.get("embeddings", {}), cache.key_hash: keys[u.id]}
+            u = dataclasses.replace(u, extra={**u.extra, "embeddings": emb})
+        out.append(u)
+    return out
