@@ -7,7 +7,7 @@ a 2.5 s 16 kHz WAV and a short text):
 
 - 1 client, then 8 concurrent clients (closed loop, keep-alive, asyncio + httpx), each phase for
   ``--seconds`` after a warm-up: throughput (requests/s), latency p50/p99;
-- in-process: the same predictor code in this process (``parse`` = base64 + audio decode +
+- in-process (interleaved with the HTTP phases): the same predictor code in this process (``parse`` = base64 + audio decode +
   log-mel, then ``_run_batch`` = collate + forward + softmax) on the same payload, one at a time.
 
 Printed ratios, measured in one run: throughput 8 clients / 1 client (target >= 3), p99/p50 at
@@ -78,13 +78,17 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-async def load_phase(url: str, body: bytes, clients: int, seconds: float, warmup: int) -> dict:
-    """`clients` closed-loop clients for `seconds`; returns throughput and latencies (ms)."""
+async def measure(url: str, body: bytes, payload: dict, pred, clients: int, rounds: int, seconds: float) -> dict:
+    """Interleaved rounds of (1 client, in-process, `clients` clients), `seconds` each, so that a
+    changing background load hits every mode alike; returns pooled figures per mode."""
     import httpx
 
     headers = {"content-type": "application/json"}
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+    lat = {"one": [], "many": [], "local": [], "model": []}
+    busy = {"one": 0.0, "many": 0.0}
+    per_round = []
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
         async def one() -> float:
             t0 = time.perf_counter()
             r = await client.post("/v1/models/emoflow:predict", content=body, headers=headers)
@@ -92,50 +96,47 @@ async def load_phase(url: str, body: bytes, clients: int, seconds: float, warmup
                 raise RuntimeError(f"HTTP {r.status_code}: {r.text[:300]}")
             return (time.perf_counter() - t0) * 1000
 
-        for _ in range(warmup):  # warm-up, every client connection opened
-            await asyncio.gather(*(one() for _ in range(clients)))
-        latencies: list[float] = []
-        stop = time.perf_counter() + seconds
+        async def phase(mode: str, n: int) -> float:
+            await asyncio.gather(*(one() for _ in range(n)))  # warm every connection
+            stop = time.perf_counter() + seconds
+            done = []
 
-        async def worker():
-            while time.perf_counter() < stop:
-                latencies.append(await one())
+            async def worker():
+                while time.perf_counter() < stop:
+                    done.append(await one())
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        wall = time.perf_counter() - t0
-    return {"clients": clients, "requests": len(latencies), "rps": len(latencies) / wall,
-            "p50": percentile(latencies, 50), "p99": percentile(latencies, 99)}
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(n)))
+            wall = time.perf_counter() - t0
+            lat[mode] += done
+            busy[mode] += wall
+            return len(done) / wall
 
-
-def in_process(store: str, payload: dict, seconds: float, config) -> dict:
-    """The predictor's own code path in this process, one request at a time (no HTTP, no batcher)."""
-    from emoflow.serving.predictor import EmotionPredictor
-
-    pred = EmotionPredictor("emoflow", "registry://emoflow@production", store=store, config=config)
-    pred.load()
-    run = lambda: pred._run_batch(pred.parse(payload)[0])  # noqa: E731
-    forward_only = pred.parse(payload)[0]
-    for _ in range(10):
-        run()
-    lat, fwd = [], []
-    stop = time.perf_counter() + seconds
-    while time.perf_counter() < stop:
-        t0 = time.perf_counter()
-        run()
-        lat.append((time.perf_counter() - t0) * 1000)
-        t0 = time.perf_counter()
-        pred._run_batch(forward_only)
-        fwd.append((time.perf_counter() - t0) * 1000)
-    pred._prep_pool.shutdown()
-    pred._model_pool.shutdown()
-    return {"requests": len(lat), "p50": percentile(lat, 50), "p99": percentile(lat, 99),
-            "model_p50": percentile(fwd, 50)}
+        instances = pred.parse(payload)[0]
+        for _ in range(5):
+            pred._run_batch(pred.parse(payload)[0])
+        for _ in range(rounds):
+            rps1 = await phase("one", 1)
+            stop = time.perf_counter() + seconds
+            while time.perf_counter() < stop:  # in-process: the same code path, no HTTP, no batcher
+                t0 = time.perf_counter()
+                pred._run_batch(pred.parse(payload)[0])
+                lat["local"].append((time.perf_counter() - t0) * 1000)
+                t0 = time.perf_counter()
+                pred._run_batch(instances)
+                lat["model"].append((time.perf_counter() - t0) * 1000)
+            rpsn = await phase("many", clients)
+            per_round.append(rpsn / rps1)
+    out = {mode: {"requests": len(v), "p50": percentile(v, 50), "p99": percentile(v, 99)} for mode, v in lat.items()}
+    for mode in ("one", "many"):
+        out[mode]["rps"] = len(lat[mode]) / busy[mode]
+    out["per_round_speedup"] = per_round
+    return out
 
 
 def bench_preset(preset: str, args) -> dict:
     from emoflow.serving.local import start_local_server, stop_local_server
-    from emoflow.serving.predictor import ServingConfig
+    from emoflow.serving.predictor import EmotionPredictor, ServingConfig
 
     with tempfile.TemporaryDirectory(prefix=f"bench-serving-{preset}-") as tmp:
         t0 = time.perf_counter()
@@ -148,22 +149,27 @@ def bench_preset(preset: str, args) -> dict:
         extra = ["--max_batch_size", str(args.max_batch_size), "--max_wait_ms", str(args.max_wait_ms)]
         if args.torch_threads:
             extra += ["--torch_threads", str(args.torch_threads)]
+        if args.model_workers:
+            extra += ["--model_workers", str(args.model_workers)]
         url = start_local_server("emoflow@production", store, host="127.0.0.1", port=port, extra_args=extra,
                                  timeout_s=300)
         pid = int((Path(os.environ["EMOFLOW_HOME"]) / "serve" / f"{port}.pid").read_text())
         _reap_in_background(pid)
-        try:
-            one = asyncio.run(load_phase(url, body, 1, args.seconds, warmup=10))
-            print(f"[{preset}] 1 client: {one}", flush=True)
-            many = asyncio.run(load_phase(url, body, args.clients, args.seconds, warmup=5))
-            print(f"[{preset}] {args.clients} clients: {many}", flush=True)
-        finally:
-            stop_local_server(port)
         config = ServingConfig()
         if args.torch_threads:
             config.torch_threads = args.torch_threads
-        local = in_process(store, payload, args.seconds, config)
-        print(f"[{preset}] in-process: {local}", flush=True)
+        pred = EmotionPredictor("emoflow", "registry://emoflow@production", store=store, config=config)
+        pred.load()
+        try:
+            res = asyncio.run(measure(url, body, payload, pred, args.clients, args.rounds, args.seconds))
+        finally:
+            stop_local_server(port)
+            pred._prep_pool.shutdown()
+            pred._model_pool.shutdown()
+        one, many, local = res["one"], res["many"], res["local"]
+        local["model_p50"] = res["model"]["p50"]
+        print(f"[{preset}] 1 client {one}\n[{preset}] {args.clients} clients {many}\n[{preset}] in-process {local}\n"
+              f"[{preset}] speed-up per round {[round(x, 2) for x in res['per_round_speedup']]}", flush=True)
     return {
         "preset": preset, "one": one, "many": many, "local": local,
         "speedup": many["rps"] / one["rps"],
@@ -196,12 +202,14 @@ def _reap_in_background(pid: int) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default="tiny,paper", help="A1 presets, comma separated")
-    ap.add_argument("--seconds", type=float, default=10.0, help="duration of each measured phase")
+    ap.add_argument("--seconds", type=float, default=4.0, help="duration of each measured phase")
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds of (1 client, in-process, N clients)")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--audio-seconds", type=float, default=2.5)
     ap.add_argument("--max-batch-size", type=int, default=16)
     ap.add_argument("--max-wait-ms", type=float, default=2.0)
     ap.add_argument("--torch-threads", type=int, default=0, help="0: the predictor's default")
+    ap.add_argument("--model-workers", type=int, default=0, help="0: the predictor's default")
     ap.add_argument("--port", type=int, default=0)
     args = ap.parse_args(argv)
 

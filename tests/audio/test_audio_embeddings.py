@@ -9,6 +9,7 @@ import torch
 
 from emoflow.audio.embeddings import EmbeddingCache, EmbeddingError, compute_embeddings, forward_count, load_embedding
 from emoflow.corpora.record import Utterance
+from emoflow.storage import open_store
 
 TINY = {
     "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
@@ -20,12 +21,6 @@ SPEECH = {"source": "wav2vec2", "init": "random", "config": TINY}
 
 
 def make_store(root):
-    try:
-        from emoflow.storage import open_store
-    except ImportError:
-        from emoflow.storage.local import LocalStore
-
-        return LocalStore(root)
     return open_store(str(root))
 
 

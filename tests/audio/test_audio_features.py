@@ -8,19 +8,14 @@ import pytest
 import soundfile as sf
 
 from conftest import SHARED_DATA
-from emoflow.audio.features import FeatureError, extract_features, load_logmel
+from emoflow.audio.features import FeatureError, extract_features, iter_logmel, load_logmel
 from emoflow.audio.logmel import LogMelConfig, logmel
 from emoflow.audio.io import load_audio
 from emoflow.corpora.record import Utterance
+from emoflow.storage import open_store
 
 
 def make_store(root):
-    try:
-        from emoflow.storage import open_store
-    except ImportError:  # storage package not wired yet: its LocalStore directly
-        from emoflow.storage.local import LocalStore
-
-        return LocalStore(root)
     return open_store(str(root))
 
 
@@ -132,3 +127,30 @@ def test_ravdess_features(tmp_path):
     for u in out:
         feats = load_logmel(store, u.extra["logmel"])
         assert feats.shape == (1 + int(round(sf.info(u.audio).duration * 16000)) // 160, 128)
+    # the fast path (soundfile + batched STFT) matches librosa.load + melspectrogram (P1 values)
+    import librosa
+
+    cfg = LogMelConfig(normalize="none")
+    for i, feats in iter_logmel([u.audio for u in utts], cfg, batch_size=3):
+        y, _ = librosa.load(utts[i].audio, sr=16000)
+        mel = librosa.feature.melspectrogram(y=y, sr=16000, n_fft=512, hop_length=160, win_length=400,
+                                             n_mels=128, center=True, pad_mode="constant", power=2.0)
+        ref = np.log(np.maximum(mel, cfg.log_floor)).T
+        assert np.linalg.norm(feats - ref) / np.linalg.norm(ref) < 1e-3
+        assert np.abs(feats - ref).max() < 1e-2
+
+
+def test_features_in_s3_store_from_s3_audio(tmp_path, s3_store):
+    """Audio read from s3:// and features written to a real S3 server (SeaweedFS on loopback)."""
+    utts = make_corpus(tmp_path, n=2)
+    for u in utts:
+        s3_store.put_file(f"audio/{u.id}.wav", u.audio)
+    remote = [dataclasses.replace(u, audio=s3_store.uri(f"audio/{u.id}.wav")) for u in utts]
+    summary = {}
+    out = extract_features(remote, s3_store, summary=summary, progress=False)
+    assert summary["computed"] == 2
+    for u, local in zip(out, utts):
+        np.testing.assert_allclose(load_logmel(s3_store, u.extra["logmel"]), logmel(load_audio(local.audio)), atol=1e-5)
+    again = {}
+    extract_features(remote, s3_store, summary=again, progress=False)
+    assert again["reused"] == 2 and again["computed"] == 0

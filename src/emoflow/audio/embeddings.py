@@ -47,7 +47,7 @@ KINDS = ("speech", "text")
 
 # utterances forwarded through each encoder (by key hash) in this process
 FORWARD_COUNTS: Counter = Counter()
-_ENCODERS: dict[str, tuple] = {}
+_ENCODERS: dict[tuple, tuple] = {}  # (key hash, device) -> (tokenizer, model)
 _LOCK = threading.Lock()
 
 
@@ -74,7 +74,7 @@ class EmbeddingCache:
 
     def __init__(self, store, encoder: dict, kind: str = "speech", *, sample_rate: int = 16000,
                  max_length: int = 512, store_frames: bool = True, seed: int = 0, device: str | None = None,
-                 batch_size: int = 8, progress: bool | None = None):
+                 batch_size: int = 8, progress: bool | None = None, stats: bool = False):
         if kind not in KINDS:
             raise ValueError(f"embedding kind must be one of {KINDS}, got {kind!r}")
         if not isinstance(encoder, dict) or "source" not in encoder:
@@ -84,6 +84,8 @@ class EmbeddingCache:
         self.kind = kind
         self.input_cfg = ({"sample_rate": sample_rate} if kind == "speech" else {"max_length": max_length})
         self.input_cfg.update(pooling="mean", frames=bool(store_frames), seed=seed)
+        if stats:  # only when asked, so existing cache keys stay valid
+            self.input_cfg["stats"] = True
         self.key_hash = config_hash({"kind": kind, "encoder": self.encoder, "input": self.input_cfg})
         self.device = torch.device(device or default_device())
         self.batch_size = batch_size
@@ -104,8 +106,9 @@ class EmbeddingCache:
 
     # ---- encoder --------------------------------------------------------------------------
     def _model(self):
+        slot = (self.key_hash, str(self.device))
         with _LOCK:
-            cached = _ENCODERS.get(self.key_hash)
+            cached = _ENCODERS.get(slot)
             if cached is None:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(self.input_cfg["seed"])
@@ -120,13 +123,13 @@ class EmbeddingCache:
                         if tokenizer is None:
                             raise EmbeddingError(f"text encoder {self.encoder.get('source')!r} has no tokenizer")
                         cached = (tokenizer, model)
-                cached[1].eval().requires_grad_(False)
-                _ENCODERS[self.key_hash] = cached
-        tokenizer, model = cached
-        return tokenizer, model.to(self.device)
+                cached = (cached[0], cached[1].eval().requires_grad_(False).to(self.device))
+                _ENCODERS[slot] = cached
+        return cached
 
     def _forward(self, items: list[tuple[Utterance, object]]) -> list[dict[str, np.ndarray]]:
         tokenizer, model = self._model()
+        extra: dict[str, torch.Tensor] = {}  # per-utterance extras: layer stats, backend pooled
         with torch.inference_mode():
             if self.kind == "speech":
                 lengths = [len(w) for _, w in items]
@@ -134,7 +137,15 @@ class EmbeddingCache:
                 for i, (_, w) in enumerate(items):
                     wave[i, : len(w)] = torch.from_numpy(w)
                 mask = torch.arange(wave.shape[1])[None, :] < torch.tensor(lengths)[:, None]
-                frames, fmask = model(wave.to(self.device), mask.to(self.device))
+                wave, mask = wave.to(self.device), mask.to(self.device)
+                if self.input_cfg.get("stats") and hasattr(model, "layer_states"):
+                    states, fmask = model.layer_states(wave, mask)
+                    frames = model.combine(states)
+                    extra.update(_masked_stats(states, fmask[:, None, :], dim=2, prefix="layers_"))
+                else:
+                    frames, fmask = model(wave, mask)
+                if hasattr(model, "pooled"):  # backend-specific utterance vector (GE2E)
+                    extra["backend_pooled"] = model.pooled(wave, mask)
             else:
                 enc = tokenizer([t for _, t in items], padding=True, truncation=True,
                                 max_length=self.input_cfg["max_length"], return_tensors="pt")
@@ -143,11 +154,15 @@ class EmbeddingCache:
                 fmask = enc["attention_mask"].bool()
             m = fmask.unsqueeze(-1).to(frames.dtype)
             pooled = (frames * m).sum(1) / m.sum(1).clamp(min=1)
+            if self.input_cfg.get("stats"):
+                extra["std"] = _masked_stats(frames, fmask, dim=1)["std"]
+            extra = {k: v.float().cpu().numpy() for k, v in extra.items()}
             frames, pooled, n = frames.float().cpu().numpy(), pooled.float().cpu().numpy(), fmask.sum(1).tolist()
         FORWARD_COUNTS[self.key_hash] += len(items)
         out = []
         for i in range(len(items)):
             d = {"pooled": np.ascontiguousarray(pooled[i])}
+            d.update({k: np.ascontiguousarray(v[i]) for k, v in extra.items()})
             if self.input_cfg["frames"]:
                 d["frames"] = np.ascontiguousarray(frames[i, : int(n[i])])
             out.append(d)
@@ -235,6 +250,17 @@ class EmbeddingCache:
                 mask[i, : len(d["frames"])] = True
             out.update(frames=frames, frames_mask=mask)
         return out
+
+
+def _masked_stats(x: torch.Tensor, mask: torch.Tensor, dim: int, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Mean and standard deviation of ``x`` over ``dim`` counting only real frames (``mask``)."""
+    m = mask.unsqueeze(-1).to(x.dtype)
+    while m.dim() < x.dim():
+        m = m.unsqueeze(1)
+    n = m.sum(dim).clamp(min=1)
+    mean = (x * m).sum(dim) / n
+    var = (((x - mean.unsqueeze(dim)) ** 2) * m).sum(dim) / n
+    return {prefix + "mean": mean, prefix + "std": var.clamp(min=0).sqrt()}
 
 
 def compute_embeddings(utterances: list[Utterance], store, encoder: dict, kind: str = "speech", *,

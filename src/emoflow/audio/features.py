@@ -96,6 +96,10 @@ def _decode(item, sr: int):
         return exc
 
 
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _decode_and_compute(items, batch: list[int], cfg: LogMelConfig, device, threads: int | None):
     if threads is not None:
         torch.set_num_threads(threads)  # this worker's intra-op threads
@@ -118,7 +122,7 @@ def iter_logmel(items, cfg: LogMelConfig | None = None, batch_size: int = 32, de
     items = [it if isinstance(it, tuple) else (it, None, None) for it in items]
     batches = [list(range(i, min(i + batch_size, len(items)))) for i in range(0, len(items), batch_size)]
     on_gpu = device is not None and torch.device(device).type != "cpu"
-    workers = workers or (1 if on_gpu else max(1, min(len(os.sched_getaffinity(0)), 8)))
+    workers = workers or (1 if on_gpu else max(1, min(_cpus(), 8)))
     threads = None if on_gpu else 1
     if workers == 1:
         for batch in batches:

@@ -10,6 +10,13 @@ variant S = 0.5 (log p_s - mu_s) / sd_s + 0.5 (log p_t - mu_t) / sd_t ("znorm", 
 from the same held-out part). Both are returned ("logits_weighted", "logits_znorm"); "logits" is
 the one named by preset model.fusion.
 
+Speaker-encoder transfer without a ResNet34 checkpoint (``model.speech.backbone``):
+"speaker_encoder" runs a speech encoder spec (``model.speech.encoder``, e.g. {source: resemblyzer},
+the GE2E speaker encoder; frozen in linear_probe mode, fine-tuned in finetune mode) on the
+waveform and uses its utterance embedding; "cached" uses the cached speaker embedding of the
+features step (inputs [speech_emb, text], batch "speech_vec" of width ``model.speech.embed_dim``).
+The default "resnet34" is the paper's log-mel ResNet34.
+
 Speaker-recognition checkpoint mapping (`load_speaker_checkpoint`): module names follow the
 WeSpeaker ResNet34 (`wespeaker/models/resnet.py`), input laid out [B, 1, F, T] as there:
     conv1.weight, bn1.*                       -> speech.conv1.weight, speech.bn1.*
@@ -164,13 +171,31 @@ class A2(EmotionModel):
         C = self.num_classes
         sp = m.get("speech", {})
         n_mels = int(self.preset.get("features", {}).get("logmel", {}).get("n_mels", 128))
-        self.speech = SpeakerResNet(
-            n_mels, base=int(sp.get("base_channels", 32)), blocks=tuple(sp.get("blocks", [3, 4, 6, 3])), embed_dim=int(sp.get("embed_dim", 512))
-        )
-        self.speech_head = mlp([self.speech.embed_dim, *sp.get("head_hidden", [256]), C], dropout=float(sp.get("dropout", 0.2)), act=nn.PReLU)
+        self.backbone = sp.get("backbone", "resnet34")
         self.speech_mode = sp.get("mode", "finetune")
         if self.speech_mode not in ("finetune", "linear_probe"):
             raise ValueError(f"model.speech.mode must be 'finetune' or 'linear_probe', got {self.speech_mode!r}")
+        if self.backbone == "resnet34":
+            self.speech = SpeakerResNet(
+                n_mels, base=int(sp.get("base_channels", 32)), blocks=tuple(sp.get("blocks", [3, 4, 6, 3])), embed_dim=int(sp.get("embed_dim", 512))
+            )
+            embed_dim = self.speech.embed_dim
+        elif self.backbone == "speaker_encoder":
+            from emoflow.audio.encoders import load_speech_encoder
+
+            self.inputs = {"wave", "text"}
+            spec = dict(sp.get("encoder") or {"source": "resemblyzer"})
+            if str(spec.get("source", "")).startswith("resemblyzer"):
+                spec["freeze"] = self.speech_mode == "linear_probe"
+            self.speech = load_speech_encoder(spec)
+            embed_dim = self.speech.hidden_size
+        elif self.backbone == "cached":
+            self.inputs = {"speech_emb", "text"}
+            self.speech = nn.Identity()
+            embed_dim = int(sp.get("embed_dim", 256))
+        else:
+            raise ValueError(f"model.speech.backbone must be 'resnet34', 'speaker_encoder' or 'cached', got {self.backbone!r}")
+        self.speech_head = mlp([embed_dim, *sp.get("head_hidden", [256]), C], dropout=float(sp.get("dropout", 0.2)), act=nn.PReLU)
         if self.speech_mode == "linear_probe":
             for p in self.speech.parameters():  # frozen conv stack and embedding; only the FC head trains
                 p.requires_grad = False
@@ -218,7 +243,7 @@ class A2(EmotionModel):
         self.check(batch, mode)
         out = {}
         if mode in ("both", "audio"):
-            out["audio_logits"] = self.speech_head(self.speech(batch["logmel"], batch["logmel_mask"]))
+            out["audio_logits"] = self.speech_head(self._speech_embedding(batch))
         if mode in ("both", "text"):
             h = encode_text(self.text_encoder, batch, self.text_pooling)
             out["text_logits"] = self.text_head(self.text_dropout(h))
@@ -234,6 +259,18 @@ class A2(EmotionModel):
             out["logits_znorm"] = 0.5 * (lp_a - self.z_mu_a) / self.z_sd_a + 0.5 * (lp_t - self.z_mu_t) / self.z_sd_t
             out["logits"] = out["logits_weighted"] if self.fusion == "weighted" else out["logits_znorm"]
         return out
+
+    def _speech_embedding(self, batch: dict) -> torch.Tensor:
+        if self.backbone == "resnet34":
+            return self.speech(batch["logmel"], batch["logmel_mask"])
+        if self.backbone == "cached":
+            if "speech_vec" not in batch:
+                raise KeyError("a2 (backbone cached) needs batch key 'speech_vec' (features step with encoders)")
+            return batch["speech_vec"]
+        if hasattr(self.speech, "pooled"):
+            return self.speech.pooled(batch["wave"], batch["wave_mask"])
+        frames, fmask = self.speech(batch["wave"], batch["wave_mask"])
+        return masked_mean_std(frames, fmask)[0]
 
     def compute_loss(self, out: dict, labels: torch.Tensor) -> torch.Tensor:
         """Each branch is trained on its own (score-level fusion is fitted afterwards)."""

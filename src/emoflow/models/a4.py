@@ -13,7 +13,9 @@ Random modality masking (training only): with probability p(progress) per sample
 cross-attention mask. p decays linearly from p0 = 0.8 at the start to 0 at 70 % of training
 (`masking_probability`); the trainer calls `set_progress(progress)` every step.
 A masked modality therefore cannot change any logit. Audio-only / text-only inference uses only
-the keys of the present modality. A batch may carry "modality_keep" [B,2] bool (audio, text) to
+the keys of the present modality. With "speech_emb" in the preset's inputs (the ``offline``
+preset), the speech frames are cached frozen-encoder frames from the batch ("speech_emb" +
+"speech_emb_mask", features step) of width ``model.speech_emb.frame_dim``, not a live encoder. A batch may carry "modality_keep" [B,2] bool (audio, text) to
 mask modalities explicitly; the mask used is returned as "modality_keep".
 """
 
@@ -73,12 +75,21 @@ class A4(EmotionModel):
         heads = int(m.get("heads", 8))
         ff = int(m.get("ff_dim", 2048))
         dropout = float(m.get("dropout", 0.1))
-        self.speech_encoder = load_speech_encoder(m["speech_encoder"])
+        self.cached = "speech_emb" in (self.preset.get("inputs") or [])
+        if self.cached:
+            self.inputs = {"speech_emb", "text"}
+            self.speech_encoder = None
+            h_a = int((m.get("speech_emb") or {}).get("frame_dim", 0))
+            if h_a <= 0:
+                raise ValueError("a4: inputs speech_emb needs model.speech_emb.frame_dim")
+        else:
+            self.speech_encoder = load_speech_encoder(m["speech_encoder"])
+            h_a = self.speech_encoder.hidden_size
         spec = m["text_encoder"]
         self.tokenizer, self.text_encoder = load_text_encoder(spec)
         if getattr(self.text_encoder, "pooler", None) is not None:
             self.text_encoder.pooler = None  # token states only
-        self.audio_proj = nn.Linear(self.speech_encoder.hidden_size, d)
+        self.audio_proj = nn.Linear(h_a, d)
         self.text_proj = nn.Linear(self.text_encoder.config.hidden_size, d)
 
         def encoder(n):
@@ -102,6 +113,8 @@ class A4(EmotionModel):
         self.mask_text_prob = float(mk.get("text_prob", 0.6))
 
     def encoders(self) -> dict[str, nn.Module]:
+        if self.speech_encoder is None:
+            return {"text_encoder": self.text_encoder}
         return {"text_encoder": self.text_encoder, "speech_encoder": self.speech_encoder}
 
     def masking_probability(self, progress: float | None = None) -> float:
@@ -110,14 +123,21 @@ class A4(EmotionModel):
 
     def param_groups(self):
         """speech encoder / text encoder / rest, each with settings from train.groups."""
-        enc_ids = {id(p) for p in self.speech_encoder.parameters()} | {id(p) for p in self.text_encoder.parameters()}
+        speech = list(self.speech_encoder.parameters()) if self.speech_encoder is not None else []
+        enc_ids = {id(p) for p in speech} | {id(p) for p in self.text_encoder.parameters()}
         rest = [p for p in self.parameters() if id(p) not in enc_ids]
         return self._groups_from_preset(
-            {"speech_encoder": list(self.speech_encoder.parameters()), "text_encoder": list(self.text_encoder.parameters()), "fusion": rest}
+            {"speech_encoder": speech, "text_encoder": list(self.text_encoder.parameters()), "fusion": rest}
         )
 
     def _audio(self, batch):
-        frames, fmask = self.speech_encoder(batch["wave"], batch["wave_mask"])
+        if self.cached:
+            if "speech_emb" not in batch:
+                raise KeyError("a4 needs batch keys ['speech_emb', 'speech_emb_mask'] (cached frames: features step "
+                               "with feature_config.encoders and embedding_options.store_frames)")
+            frames, fmask = batch["speech_emb"], batch["speech_emb_mask"].bool()
+        else:
+            frames, fmask = self.speech_encoder(batch["wave"], batch["wave_mask"])
         h = self.audio_enc(self.audio_proj(frames), src_key_padding_mask=~fmask)
         return self.audio_rescale(h), fmask
 

@@ -22,6 +22,7 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
+import gc
 import io
 import json
 import logging
@@ -40,6 +41,15 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 log = logging.getLogger("emoflow.serving")
+
+# batch sizes the micro-batcher runs (lone requests on the fast path count as batches of 1)
+try:
+    from prometheus_client import Histogram
+
+    BATCH_SIZE = Histogram("emoflow_batch_size", "Instances per model batch run by the predictor",
+                           buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64))
+except ValueError:  # module imported twice under two names: reuse nothing, record nothing
+    BATCH_SIZE = None
 
 MODES = ("audio+text", "audio-only", "asr-text")
 
@@ -65,6 +75,8 @@ class ServingConfig:
     torch_threads: int = field(default_factory=default_torch_threads)
     prep_threads: int = 2         # threads decoding audio and computing features
     channels_last: bool = True    # CPU convolutions run about 2x faster in NHWC
+    fast_path: bool = True        # a lone request is decoded and run in one thread hop
+    model_workers: int = 2        # batches run concurrently (each on torch_threads threads)
 
     @property
     def max_body_bytes(self) -> int:
@@ -211,23 +223,31 @@ class Instance:
 
 
 class MicroBatcher:
-    """Collects concurrent instances into batches of at most `max_batch` and runs them one batch
-    at a time on a single worker thread.
+    """Collects concurrent instances into batches of at most `max_batch` and runs up to `workers`
+    batches at a time on the `executor` (a pool of `workers` threads).
 
-    Batching is greedy: a batch takes whatever is queued when the worker is free, so a lone
-    request never waits. It waits up to `max_wait_ms` for more only while `incoming` (requests
-    still being decoded, announced by the caller) is non-zero. An exception in a batch reaches
-    every request of that batch; the worker goes on with the next one.
+    Batching is greedy: a batch is collected when a worker is free and takes whatever is queued,
+    so a lone request never waits, and requests arriving while every worker is busy form the
+    next batch. It waits up to `max_wait_ms` for more only while `incoming` (requests still being
+    decoded, announced by the caller) is non-zero. An exception in a batch reaches every request
+    of that batch and no other; the batcher goes on with the next one. No lock is held across
+    batches.
     """
 
-    def __init__(self, run_batch, max_batch: int, max_wait_ms: float, executor=None):
+    def __init__(self, run_batch, max_batch: int, max_wait_ms: float, executor=None, observe=None,
+                 workers: int = 1):
         self.run_batch = run_batch
+        self.observe = observe   # called with each batch size (a metrics hook)
         self.max_batch = max(1, int(max_batch))
         self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
         self.executor = executor
+        self.workers = max(1, int(workers))
         self.queue: asyncio.Queue | None = None
         self.worker: asyncio.Task | None = None
+        self._tasks: set = set()
         self.incoming = 0        # requests announced but not yet submitted
+        self.running = 0         # batches on worker threads now
+        self.direct = 0          # requests on the idle fast path (see `run_alone`)
         self.batches = 0         # batches run so far
         self.items = 0           # instances run so far
         self.largest = 0         # largest batch so far
@@ -235,7 +255,7 @@ class MicroBatcher:
     def _ensure_worker(self) -> None:
         if self.queue is None:
             self.queue = asyncio.Queue()
-        if self.worker is None or self.worker.done():  # first use, or the worker died: (re)start it
+        if self.worker is None or self.worker.done():  # first use, or the collector died: (re)start it
             self.worker = asyncio.get_running_loop().create_task(self._loop())
 
     async def submit(self, instances: list) -> list:
@@ -246,6 +266,25 @@ class MicroBatcher:
         for inst, fut in zip(instances, futures):
             self.queue.put_nowait((inst, fut))
         return list(await asyncio.gather(*futures))
+
+    def idle(self) -> bool:
+        """Nothing queued, running, being decoded or on the fast path."""
+        return (self.running == 0 and self.incoming == 0 and self.direct == 0
+                and (self.queue is None or self.queue.empty()))
+
+    async def run_alone(self, fn, *args):
+        """Fast path for a lone request: `fn(*args)` (decode and run as one job) on a worker
+        thread, one thread hop instead of two. Callers use it only when `idle()`."""
+        self.direct += 1
+        self.batches += 1
+        self.items += 1
+        self.largest = max(self.largest, 1)
+        if self.observe is not None:
+            self.observe(1)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        finally:
+            self.direct -= 1
 
     def _drain(self, pending: list) -> None:
         while len(pending) < self.max_batch and not self.queue.empty():
@@ -268,26 +307,44 @@ class MicroBatcher:
         return pending
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        free = asyncio.Semaphore(self.workers)
         while True:
-            pending = [(inst, fut) for inst, fut in await self._collect() if not fut.done()]  # drop cancelled
+            await free.acquire()  # collect only when a worker is free: meanwhile the queue fills
+            try:
+                pending = [(inst, fut) for inst, fut in await self._collect() if not fut.done()]  # drop cancelled
+            except BaseException:
+                free.release()
+                raise
             if not pending:
+                free.release()
                 continue
             self.batches += 1
             self.items += len(pending)
             self.largest = max(self.largest, len(pending))
-            try:
-                results = await loop.run_in_executor(self.executor, self.run_batch, [inst for inst, _ in pending])
-                if len(results) != len(pending):
-                    raise RuntimeError(f"batch of {len(pending)} returned {len(results)} results")
-            except Exception as exc:  # a server fault: every request of this batch gets it
-                for _, fut in pending:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            for (_, fut), res in zip(pending, results):
+            if self.observe is not None:
+                self.observe(len(pending))
+            self.running += 1
+            task = asyncio.get_running_loop().create_task(self._run(pending, free))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, pending: list, free: asyncio.Semaphore) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self.executor, self.run_batch, [inst for inst, _ in pending])
+            if len(results) != len(pending):
+                raise RuntimeError(f"batch of {len(pending)} returned {len(results)} results")
+        except Exception as exc:  # a server fault: every request of this batch gets it
+            for _, fut in pending:
                 if not fut.done():
-                    fut.set_result(res)
+                    fut.set_exception(exc)
+            return
+        finally:
+            self.running -= 1
+            free.release()
+        for (_, fut), res in zip(pending, results):
+            if not fut.done():
+                fut.set_result(res)
 
 
 class EmotionPredictor(Model):
@@ -305,15 +362,18 @@ class EmotionPredictor(Model):
         self.device = None
         self._lock = threading.Lock()   # guards the lazy ASR backend only
         self._asr = None
-        # decoding/features run on `prep_threads` threads, the model on one thread of its own, so
-        # neither blocks the event loop and batches never overlap
+        # decoding/features run on `prep_threads` threads and batches on `model_workers` threads,
+        # so neither blocks the event loop
         self._prep_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(1, self.config.prep_threads), thread_name_prefix="emoflow-prep",
             initializer=self._set_threads)
         self._model_pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="emoflow-model", initializer=self._set_threads)
+            max_workers=max(1, self.config.model_workers), thread_name_prefix="emoflow-model",
+            initializer=self._set_threads)
+        self._tokenize_lock = threading.Lock()  # HF fast tokenizers are not safe to call concurrently
         self.batcher = MicroBatcher(self._run_batch, self.config.max_batch_size, self.config.max_wait_ms,
-                                    executor=self._model_pool)
+                                    executor=self._model_pool, workers=self.config.model_workers,
+                                    observe=BATCH_SIZE.observe if BATCH_SIZE is not None else None)
 
     def _set_threads(self) -> None:
         if self.config.torch_threads > 0:
@@ -339,6 +399,10 @@ class EmotionPredictor(Model):
         ref_path = path / "reference_distribution.json"
         if self.metrics is not None and ref_path.exists():
             self.metrics.set_reference(self.name, self.version, json.loads(ref_path.read_text()))
+        # long-lived objects (weights, modules, tokenizer, imports) out of the garbage collector's
+        # view: full collections then scan only per-request garbage, which trims latency spikes
+        gc.collect()
+        gc.freeze()
         self.ready = True
         log.info("loaded %s version %s from %s on %s", self.name, self.version, path, self.device)
         return self.ready
@@ -434,19 +498,24 @@ class EmotionPredictor(Model):
         name = inp.name
         if inp.datatype != "BYTES":
             raise self._error("wrong_type", f"v2 input {name!r}: datatype must be BYTES, got {inp.datatype}")
-        values = inp.data
+        try:
+            values = inp.data
+        except Exception as exc:  # noqa: BLE001 (KServe converts binary data lazily)
+            raise self._error("wrong_type", f"v2 input {name!r}: unreadable data ({type(exc).__name__}: {exc})") from None
         if isinstance(values, np.ndarray):
             values = values.tolist()
         if not isinstance(values, list):
             values = [values]
-        if any(isinstance(v, list) for v in values):  # nested (row-major) form: one level is allowed
-            if not all(isinstance(v, list) for v in values):
-                raise self._error("wrong_type", f"v2 input {name!r}: data mixes lists and values")
-            values = [x for row in values for x in row]
         shape = inp.shape
         if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                                             for d in shape):
             raise self._error("wrong_type", f"v2 input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+        if any(isinstance(v, list) for v in values):  # nested (row-major) form, [rows, columns]
+            rows_ok = all(isinstance(v, list) for v in values) and len({len(v) for v in values}) == 1
+            if not rows_ok or len(shape) != 2 or shape[0] != len(values):
+                raise self._error("wrong_type", f"v2 input {name!r}: nested data must be {len(values)} rows of equal "
+                                                f"length with a 2-d shape, got shape {list(shape)}")
+            values = [x for row in values for x in row]
         declared = math.prod(shape) if shape else len(values)
         if declared != len(values):
             raise self._error("wrong_type", f"v2 input {name!r}: shape {list(shape)} does not match {len(values)} values")
@@ -504,6 +573,10 @@ class EmotionPredictor(Model):
         return insts, False
 
     # -- inference -------------------------------------------------------------------------------
+    def _tokenize(self, texts: list[str]) -> dict:
+        with self._tokenize_lock:  # held for the tokenizer call only, never across a batch
+            return self.model.tokenize(texts)
+
     def _run_batch(self, instances: list[Instance]) -> list[dict]:
         from emoflow.training.data import Item, make_collate
 
@@ -511,7 +584,7 @@ class EmotionPredictor(Model):
         by_mode: dict[str, list[int]] = {}
         for i, inst in enumerate(instances):
             by_mode.setdefault(inst.mode, []).append(i)
-        tokenize = getattr(self.model, "tokenize", None) if "text" in self.model.inputs else None
+        tokenize = self._tokenize if "text" in self.model.inputs and getattr(self.model, "tokenize", None) else None
         for mode, idx in by_mode.items():
             items = [
                 Item(id=str(i), label=0, text=instances[i].text or "", dialogue=str(i),
@@ -521,7 +594,7 @@ class EmotionPredictor(Model):
             batch = make_collate(tokenize)(items)
             batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
             model_mode = "audio" if mode == "audio-only" and "text" in self.model.inputs else "both"
-            with torch.inference_mode():  # one model thread: batches never overlap, no lock needed
+            with torch.inference_mode():  # read-only forward: concurrent batches share the weights
                 result = self.model(batch, mode=model_mode)
             probs = torch.softmax(result["logits"].float(), -1).cpu().numpy()
             weights = result.get("modality_weights")
@@ -541,15 +614,23 @@ class EmotionPredictor(Model):
                     out[i]["asr_text"] = instances[i].text
         return out  # type: ignore[return-value]
 
+    def _parse_and_run(self, payload: Any) -> tuple[list[Instance], bool, list[dict]]:
+        instances, is_v2 = self.parse(payload)
+        return instances, is_v2, self._run_batch(instances)
+
     async def predict(self, payload: Any, headers: dict | None = None, response_headers: dict | None = None):
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        self.batcher.incoming += 1  # lets the batcher wait for this request while it is decoded
-        try:
-            instances, is_v2 = await loop.run_in_executor(self._prep_pool, self.parse, payload)
-        finally:
-            self.batcher.incoming -= 1
-        results = await self.batcher.submit(instances)
+        if self.config.fast_path and self.batcher.idle():
+            # nothing else in flight: decode and run in one hop to the model thread
+            instances, is_v2, results = await self.batcher.run_alone(self._parse_and_run, payload)
+        else:
+            self.batcher.incoming += 1  # lets the batcher wait for this request while it is decoded
+            try:
+                instances, is_v2 = await loop.run_in_executor(self._prep_pool, self.parse, payload)
+            finally:
+                self.batcher.incoming -= 1
+            results = await self.batcher.submit(instances)
         if self.metrics is not None:
             for res in results:
                 self.metrics.observe(self.name, self.version, res["label"], max(res["probabilities"].values()), res["mode"])
@@ -586,9 +667,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_instances", type=int, default=ServingConfig.max_instances)
     parser.add_argument("--torch_threads", type=int, default=default_torch_threads(),
                         help="intra-op threads for CPU inference (default: half the cores)")
+    parser.add_argument("--model_workers", type=int, default=ServingConfig.model_workers,
+                        help="batches run concurrently (CPU: cores / torch_threads is a good value)")
     parser.add_argument("--prep_threads", type=int, default=ServingConfig.prep_threads,
                         help="threads decoding audio and computing features")
     parser.add_argument("--no_channels_last", action="store_true", help="keep NCHW convolutions on CPU")
+    parser.add_argument("--log_requests", action="store_true",
+                        help="log every request (uvicorn access log and KServe timing lines); off by default: "
+                             "at hundreds of requests/s the log lines cost more than a tiny model")
     parser.add_argument("--asr_backend", default=ServingConfig.asr_backend,
                         help="ASR for requests without text: none, faster-whisper, pocketsphinx")
     parser.add_argument("--device", default="auto")
@@ -605,11 +691,11 @@ def main(argv: list[str] | None = None) -> None:
         max_request_bytes=args.max_request_bytes, max_audio_seconds=args.max_audio_seconds,
         max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_instances=args.max_instances,
         asr_backend=args.asr_backend, device=args.device, torch_threads=args.torch_threads,
-        prep_threads=args.prep_threads, channels_last=not args.no_channels_last,
+        prep_threads=args.prep_threads, channels_last=not args.no_channels_last, model_workers=args.model_workers,
     )
     model = EmotionPredictor(args.model_name, args.storage_uri, store=args.store, config=config,
                              metrics=default_metrics())
-    serve(model, host=args.host, port=args.http_port)
+    serve(model, host=args.host, port=args.http_port, log_requests=args.log_requests)
 
 
 if __name__ == "__main__":

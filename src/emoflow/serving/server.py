@@ -18,7 +18,7 @@ import os
 import threading
 
 from kserve import ModelServer
-from kserve.errors import ModelNotReady
+from kserve.errors import InvalidInput, ModelNotReady
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.rest.server import RESTServer
 
@@ -29,6 +29,16 @@ class ReadinessDataPlane(DataPlane):
     async def ready(self) -> bool:
         models = self.model_registry.get_models()
         return bool(models) and all(m.ready for m in models.values())
+
+    def decode(self, *args, **kwargs):
+        """KServe's decoder raises ValueError/struct.error on malformed bodies (e.g. a v2 binary
+        request whose header length lies); those are client errors, so answer 400."""
+        try:
+            return super().decode(*args, **kwargs)
+        except InvalidInput:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise InvalidInput(f"could not decode the request body ({type(exc).__name__}: {exc})") from None
 
     async def get_model(self, name: str):
         model = self.get_model_from_registry(name)
@@ -103,10 +113,13 @@ class LimitedRESTServer(RESTServer):
 
 
 class EmoflowModelServer(ModelServer):
-    def __init__(self, *, host: str = "127.0.0.1", http_port: int = 8080, **kwargs):
+    def __init__(self, *, host: str = "127.0.0.1", http_port: int = 8080, log_requests: bool = True, **kwargs):
         kwargs.setdefault("enable_grpc", False)
-        super().__init__(http_port=http_port, **kwargs)
+        super().__init__(http_port=http_port, **kwargs)  # configures logging
         self.host = host
+        if not log_requests:  # per-request access/timing lines: off for throughput
+            for name in ("kserve.trace", "uvicorn.access"):
+                logging.getLogger(name).setLevel(logging.WARNING)
         self.dataplane = ReadinessDataPlane(model_registry=self.registered_models)
         self.load_error: BaseException | None = None
 
@@ -164,5 +177,6 @@ class EmoflowModelServer(ModelServer):
             self._rest_server._server.should_exit = True
 
 
-def serve(model, *, host: str = "127.0.0.1", port: int = 8080) -> None:
-    EmoflowModelServer(host=host, http_port=port).start([model])
+def serve(model, *, host: str = "127.0.0.1", port: int = 8080, log_requests: bool = True) -> None:
+    """Serve `model` on host:port until SIGTERM/SIGINT."""
+    EmoflowModelServer(host=host, http_port=port, log_requests=log_requests).start([model])

@@ -26,6 +26,7 @@ class Item:
     dialogue: str
     logmel: np.ndarray | None = None
     wave: np.ndarray | None = None
+    emb: dict | None = None  # cached encoder embeddings: {"vec": [D], "layers": [L, 2H], "frames": [T, H]}
 
     @property
     def length(self) -> int:
@@ -33,6 +34,8 @@ class Item:
             return int(self.logmel.shape[0])
         if self.wave is not None:
             return int(self.wave.shape[0] // 160)
+        if self.emb is not None and "frames" in self.emb:
+            return int(self.emb["frames"].shape[0])
         return len(self.text)
 
 
@@ -64,9 +67,20 @@ def load_items(
     *,
     sample_rate: int = 16000,
     progress: bool = False,
+    embeddings: Sequence[str] | None = None,
 ) -> UtteranceDataset:
-    """Load what the model needs for each utterance; unknown labels are an error naming the utterance."""
+    """Load what the model needs for each utterance; unknown labels are an error naming the utterance.
+
+    Input "speech_emb" loads cached encoder embeddings (``extra["embeddings"]``, written by the
+    features step; see ``load_embedding_item``): ``embeddings`` lists the cache key hashes to use,
+    in order; by default every cache the utterance records, in the recorded order.
+    """
     from tqdm import tqdm
+
+    if "speech_emb" in inputs:
+        from emoflow.evaluation.normalization import SpeakerNormalizer
+
+        normalizer = SpeakerNormalizer.from_utterances(utterances, store)
 
     index = {name: i for i, name in enumerate(labels)}
     items = []
@@ -83,8 +97,47 @@ def load_items(
             item.logmel = np.asarray(load_logmel(store, key), dtype=np.float32)
         if "wave" in inputs:
             item.wave = load_wave(utt, sample_rate)
+        if "speech_emb" in inputs:
+            item.emb = load_embedding_item(utt, store, embeddings, normalizer)
         items.append(item)
     return UtteranceDataset(items)
+
+
+def load_embedding_item(utt: Utterance, store, hashes: Sequence[str] | None = None, normalizer=None) -> dict:
+    """Cached embeddings of one utterance as model inputs.
+
+    For each cache (in order): an encoder stored with layer statistics gives "layers" [L, 2H]
+    (mean and std of every hidden layer; one such encoder at most); the others add their
+    utterance vector (mean, std when stored, the backend's own pooled vector when stored) to
+    "vec"; stored frames give "frames" [T, H] (first cache with frames). With a normalizer
+    (speaker-normalised protocol, ``emoflow.evaluation.normalization``) every array is
+    z-normalised with the utterance's speaker statistics.
+    """
+    from emoflow.audio.embeddings import load_embedding
+
+    recorded = utt.extra.get("embeddings") or {}
+    chosen = list(hashes) if hashes else list(recorded)
+    if not chosen:
+        raise ValueError(f"utterance {utt.id!r} has no cached embeddings; run the features step with encoders")
+    out: dict = {}
+    vecs = []
+    for h in chosen:
+        if h not in recorded:
+            raise ValueError(f"utterance {utt.id!r} has no cached embedding {h!r} (has {sorted(recorded)})")
+        d = dict(load_embedding(store, recorded[h]))
+        if normalizer is not None:
+            d = normalizer.apply(utt, h, d)
+        if "layers_mean" in d:
+            if "layers" in out:
+                raise ValueError(f"utterance {utt.id!r}: two cached encoders with layer statistics; keep one")
+            out["layers"] = np.concatenate([d["layers_mean"], d["layers_std"]], axis=-1).astype(np.float32)
+        else:
+            vecs += [d[k] for k in ("pooled", "std", "backend_pooled") if k in d]
+        if "frames" in d and "frames" not in out:
+            out["frames"] = d["frames"].astype(np.float32)
+    if vecs:
+        out["vec"] = np.concatenate(vecs).astype(np.float32)
+    return out
 
 
 def load_wave(utt: Utterance, sample_rate: int = 16000) -> np.ndarray:
@@ -143,6 +196,19 @@ def _pad(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return out, mask
 
 
+def collate_embeddings(embs: list[dict]) -> dict:
+    """Batch keys of cached embeddings: speech_vec [B,D], speech_layers [B,L,2H],
+    speech_emb [B,T,H] + speech_emb_mask [B,T] bool (each when present)."""
+    out = {}
+    if "vec" in embs[0]:
+        out["speech_vec"] = torch.from_numpy(np.stack([e["vec"] for e in embs]))
+    if "layers" in embs[0]:
+        out["speech_layers"] = torch.from_numpy(np.stack([e["layers"] for e in embs]))
+    if "frames" in embs[0]:
+        out["speech_emb"], out["speech_emb_mask"] = _pad([e["frames"] for e in embs])
+    return out
+
+
 def make_collate(
     tokenize: Callable[[list[str]], dict] | None,
     *,
@@ -161,6 +227,8 @@ def make_collate(
             batch["logmel"], batch["logmel_mask"] = batch_logmel(mels) if batch_logmel else _pad(mels)
         if items[0].wave is not None:
             batch["wave"], batch["wave_mask"] = _pad([it.wave for it in items])
+        if items[0].emb is not None:
+            batch.update(collate_embeddings([it.emb for it in items]))
         if tokenize is not None:
             batch.update(tokenize([it.text for it in items]))
         dialogue_index: dict[str, int] = {}

@@ -61,6 +61,15 @@ def _fusion_calibration(model, val, device) -> dict | None:
     return model.fit_fusion(pred["audio_logits"], pred["text_logits"], pred["labels"])
 
 
+def average_fusion(fits: list[dict]) -> dict:
+    """Mean fusion weight and z-norm statistics over the folds' late-fusion fits."""
+    return {
+        "w1": float(np.mean([f["w1"] for f in fits])),
+        "znorm": {k: np.mean([f["znorm"][k] for f in fits], axis=0).tolist() for k in fits[0]["znorm"]},
+        "folds": len(fits),
+    }
+
+
 def run_training(
     utterances: Sequence[Utterance],
     store,
@@ -154,7 +163,9 @@ def run_training(
             progress=progress, name=f"{arch} final")
         fusion = [r["fusion"] for r in results.values() if r.get("fusion")]
         if fusion and hasattr(model, "set_fusion"):
-            model.set_fusion(fusion)
+            # the final fit has no held-out part: use the folds' fits (each on its own validation part)
+            summary["final_fusion"] = average_fusion(fusion)
+            model.set_fusion(summary["final_fusion"])
         save_model(model.cpu(), out_dir / "model")
         summary["final_epochs"] = n_final
     (out_dir / "predictions.json").write_text(json.dumps(summary, indent=1, default=float))

@@ -1,0 +1,302 @@
+"""R2: fuzz the predictor with malformed requests over real HTTP; every answer must be a 4xx.
+
+Request kinds (seeded, V1 and v2): random bytes as the body, JSON of the wrong shape, random
+bytes / truncated / header-corrupted WAV and FLAC as base64 audio (huge declared sample rates,
+frame counts and channel counts), bad base64, wrong datatypes, huge or negative declared v2
+shapes, nested and mismatched v2 data, unicode (emoji, RTL, zero-width, NUL, lone surrogates) in
+text, too many instances, deep JSON nesting, the v2 binary extension with lying sizes. After the
+run the server must still be ready and still answer a valid request with 200.
+
+    python benchmarks/bench_fuzz.py [--requests 1200] [--seed 0] [--concurrency 4] [--url URL]
+
+Without --url a tiny A1 model (random init) is registered in a temporary store and served by
+``start_local_server`` on 127.0.0.1. Exit code 1 on any 5xx, transport error or lost readiness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import random
+import struct
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("EMOFLOW_HOME", str(REPO / ".emoflow"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+
+# audio corruptions a decoder may legitimately repair (a wrong RIFF size, a flipped bit in FLAC
+# frames): for these a 200 is fine too; everything else must be a 4xx, and nothing a 5xx
+MAY_DECODE = ("corrupt_wav", "flac_bitflip")
+V1 = "/v1/models/emoflow:predict"
+V2 = "/v2/models/emoflow/infer"
+JSON = {"content-type": "application/json"}
+UNICODE = ["😀🎉", "مرحبا بالعالم", "\u200b\u200d\ufeff", "a\x00b", "\ud800", "\udfff lone", "ℌ𝔢𝔩𝔩𝔬",
+           "\u202eevil", "ä" * 3000, "\n\t\r", "𝕏" * 50, "\U0010ffff", ""]
+
+
+def _audio(seconds: float = 0.5, sr: int = 16000, fmt: str = "WAV", seed: int = 0) -> bytes:
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    wave = (0.1 * rng.normal(size=int(seconds * sr))).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, wave, sr, format=fmt)
+    return buf.getvalue()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _corrupt_wav(rng: random.Random, wav: bytes) -> bytes:
+    """A WAV whose header lies: huge rate, frames, channels, block align, data size, or truncated."""
+    b = bytearray(wav)
+    kind = rng.randrange(8)
+    if kind == 0:
+        struct.pack_into("<I", b, 24, rng.choice([0, 1, 7, 4_000_000_000, 2**31 - 1, 96000 * 64]))  # sample rate
+    elif kind == 1:
+        struct.pack_into("<H", b, 22, rng.choice([0, 3, 255, 65535]))  # channels
+    elif kind == 2:
+        struct.pack_into("<I", b, 40, rng.choice([0, 2**32 - 1, 2**31, 10**9]))  # data chunk size
+    elif kind == 3:
+        struct.pack_into("<H", b, 34, rng.choice([0, 1, 7, 64, 65535]))  # bits per sample
+    elif kind == 4:
+        struct.pack_into("<H", b, 20, rng.choice([0, 2, 17, 0xFFFE, 65535]))  # format tag
+    elif kind == 5:
+        return bytes(b[: rng.randrange(0, len(b))])  # truncated anywhere (header included)
+    elif kind == 6:
+        struct.pack_into("<I", b, 4, rng.choice([0, 2**32 - 1]))  # RIFF size
+    else:
+        for _ in range(rng.randrange(1, 40)):  # random bit flips in the header
+            i = rng.randrange(0, 44)
+            b[i] = rng.randrange(256)
+    return bytes(b)
+
+
+def make_cases(n: int, seed: int = 0) -> list[tuple[str, str, bytes, dict]]:
+    """`n` malformed requests: (name, path, body, headers), deterministic for a seed."""
+    rng = random.Random(seed)
+    wav = _audio()
+    flac = _audio(fmt="FLAC")
+    good = _b64(wav)
+
+    def rbytes(lo=0, hi=4000) -> bytes:
+        return rng.randbytes(rng.randrange(lo, hi))
+
+    def bad_audio() -> tuple[str, object]:
+        k = rng.randrange(12)
+        if k == 0:
+            return "random_bytes_b64", _b64(rbytes(1, 20000))
+        if k == 1:
+            return "corrupt_wav", _b64(_corrupt_wav(rng, wav))
+        if k == 2:
+            return "truncated_flac", _b64(flac[: rng.randrange(0, len(flac) // 2)])
+        if k == 3:
+            return "bad_base64", rng.choice(["%%%", "abc", "====", "a" * 5, "YWJj\n!", "\u00e9\u00e9", good[:-3] + "*"])
+        if k == 4:
+            return "wrong_type_audio", rng.choice([None, 1, 1.5, True, [], {}, [good], {"b64": good}, -1])
+        if k == 5:
+            return "empty_audio", ""
+        if k == 6:
+            return "silence_too_short", _b64(_audio(seconds=rng.choice([0.0005, 0.01, 0.05])))
+        if k == 7:
+            return "too_long", _b64(_audio(seconds=rng.choice([31, 40]), sr=8000))
+        if k == 8:
+            return "text_as_audio", _b64(rng.choice(UNICODE[:4]).encode("utf-8", "surrogatepass") * 50)
+        if k == 9:
+            return "riff_header_only", _b64(wav[:44])
+        if k == 10:
+            return "nan_wav", _b64(_nan_wav())
+        return "flac_bitflip", _b64(bytes(x if rng.random() > 0.02 else rng.randrange(256) for x in flac[:4000]))
+
+    def bad_text() -> object:
+        return rng.choice([rng.choice(UNICODE), 7, 1.5, [], {"t": 1}, True, "x" * 5000, "🙂" * 2500])
+
+    def dumps(obj) -> bytes:
+        return json.dumps(obj, ensure_ascii=rng.random() < 0.5).encode("utf-8", "surrogatepass")
+
+    cases = []
+    for i in range(n):
+        k = rng.randrange(22)
+        if k == 0:
+            cases.append(("v1_random_body", V1, rbytes(0, 5000), JSON))
+        elif k == 1:
+            cases.append(("v2_random_body", V2, rbytes(0, 5000), JSON))
+        elif k == 2:
+            body = rng.choice([[], [1, 2], "str", 3, None, {"instance": []}, {"instances": {}},
+                               {"instances": "abc"}, {"instances": [1, 2]}, {"instances": [[good]]},
+                               {"instances": [None]}, {"inputs": []}])
+            cases.append(("v1_wrong_shape", V1, dumps(body), JSON))
+        elif k in (3, 4, 5, 6):
+            name, audio = bad_audio()
+            inst = {"audio": audio}
+            if rng.random() < 0.5:
+                inst["text"] = rng.choice(UNICODE)
+            cases.append((f"v1_{name}", V1, dumps({"instances": [inst]}), JSON))
+        elif k == 7:
+            inst = {"audio": good, "text": bad_text()}
+            if isinstance(inst["text"], str) and len(inst["text"]) <= 2000 and "\ud800" not in inst["text"] \
+                    and "\udfff" not in inst["text"]:
+                inst["speaker"] = rng.choice([1, [], {"a": 1}, "s" * 500])  # keep it malformed
+            cases.append(("v1_bad_text", V1, dumps({"instances": [inst]}), JSON))
+        elif k == 8:
+            inst = {"audio": good, rng.choice(["colour", "", "audio ", "AUDIO", "\u00e9"]): 1}
+            cases.append(("v1_unknown_field", V1, dumps({"instances": [inst]}), JSON))
+        elif k == 9:
+            cases.append(("v1_too_many_instances", V1, dumps({"instances": [{"audio": "AAAA"}] * rng.choice([65, 500])}), JSON))
+        elif k == 10:
+            depth = rng.choice([100, 1000, 5000])
+            cases.append(("deep_nesting", rng.choice([V1, V2]), b"[" * depth + b"]" * depth, JSON))
+        elif k in (11, 12):
+            name, audio = bad_audio()
+            inp = {"name": "audio", "shape": [1], "datatype": "BYTES", "data": [audio]}
+            cases.append((f"v2_{name}", V2, dumps({"inputs": [inp]}), JSON))
+        elif k == 13:
+            shape = rng.choice([[10**12], [-1], [2**63], [2**64 + 5], ["a"], [1.5], [[1]], None, "1", [0], [1, 0],
+                                [10**6, 10**6], [1, 2, 3], [-5, -2]])
+            inp = {"name": "audio", "shape": shape, "datatype": "BYTES", "data": [good]}
+            cases.append(("v2_huge_or_bad_shape", V2, dumps({"inputs": [inp]}), JSON))
+        elif k == 14:
+            dt = rng.choice(["FP32", "INT64", "BOOL", "UINT8", "FP16", "STRING", "", None, 5])
+            data = rng.choice([[1.0], [1], [True], [good], [[1, 2]], "abc"])
+            inp = {"name": "audio", "shape": [1], "datatype": dt, "data": data}
+            cases.append(("v2_wrong_datatype", V2, dumps({"inputs": [inp]}), JSON))
+        elif k == 15:
+            data = rng.choice([[[good], [good, good]], [[good]], [good, [good]], [1, 2], [None], [{}], [[]], []])
+            inp = {"name": "audio", "shape": [rng.choice([1, 2, 3])], "datatype": "BYTES", "data": data}
+            cases.append(("v2_nested_or_mismatched", V2, dumps({"inputs": [inp]}), JSON))
+        elif k == 16:
+            text = bad_text()
+            inputs = [{"name": "audio", "shape": [1], "datatype": "BYTES", "data": [good]},
+                      {"name": "text", "shape": [1], "datatype": rng.choice(["BYTES", "FP32"]), "data": [text]}]
+            if not (isinstance(text, str) and len(text) <= 2000 and "\ud800" not in text and "\udfff" not in text):
+                cases.append(("v2_bad_text", V2, dumps({"inputs": inputs}), JSON))
+            else:  # valid text: make the request wrong elsewhere (text length differs from audio)
+                inputs[1]["data"], inputs[1]["shape"] = [text, text], [2]
+                cases.append(("v2_text_count_mismatch", V2, dumps({"inputs": inputs}), JSON))
+        elif k == 17:
+            body = rng.choice([{}, {"inputs": None}, {"inputs": {}}, {"inputs": [1]}, {"inputs": [{}]},
+                               {"inputs": [{"name": "audio"}]}, {"inputs": [{"name": "audio", "shape": [1]}]},
+                               {"inputs": [{"name": 5, "shape": [1], "datatype": "BYTES", "data": [good]}]},
+                               {"id": 7, "inputs": []},
+                               {"inputs": [{"name": "audio", "shape": [1], "datatype": "BYTES", "data": [good]}] * 2},
+                               {"inputs": [{"name": "video", "shape": [1], "datatype": "BYTES", "data": [good]}]},
+                               {"inputs": [{"name": "audio", "shape": [1], "datatype": "BYTES", "data": [good]}],
+                                "parameters": "x"},
+                               {"instances": [{"audio": good}]}])
+            cases.append(("v2_wrong_json_shape", V2, dumps(body), JSON))
+        elif k == 18:  # v2 binary extension with a lying header length
+            header = dumps({"inputs": [{"name": "audio", "shape": [1], "datatype": "BYTES",
+                                        "parameters": {"binary_data_size": rng.choice([0, 4, 10**9, -5])}}]})
+            body = header + rbytes(0, 2000)
+            hlen = rng.choice([len(header), 0, 3, len(body) + 100, -1, 10**12, "abc"])
+            cases.append(("v2_binary_extension", V2, body,
+                          {"content-type": "application/octet-stream", "inference-header-content-length": str(hlen)}))
+        elif k == 19:
+            ct = rng.choice(["text/plain", "application/xml", "multipart/form-data", "", "application/json; charset=latin-1"])
+            cases.append(("wrong_content_type", rng.choice([V1, V2]), rbytes(0, 300) or b"{", {"content-type": ct}))
+        elif k == 20:
+            body = '{"instances": [{"audio": "%s", "text": "\\ud800\\udbff \\ud83d"}]}' % good
+            cases.append(("v1_json_lone_surrogates", V1, body.encode(), JSON))
+        else:
+            blob = rbytes(1, 3000)
+            body = rng.choice([b'{"instances": [{"audio": "' + blob + b'"}]}',
+                               b'{"instances": [{"audio": "AAAA", "text": "' + blob + b'"}]}',
+                               b'{"instances": [' + blob, json.dumps({"instances": [{"audio": good}]}).encode()[:rng.randrange(1, 200)]])
+            cases.append(("invalid_json_bytes", rng.choice([V1, V2]), body, JSON))
+    return cases
+
+
+def _nan_wav() -> bytes:
+    import soundfile as sf
+
+    wave = np.full(8000, np.nan, dtype=np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, wave, 16000, format="WAV", subtype="FLOAT")
+    return buf.getvalue()
+
+
+def run_fuzz(url: str, cases, concurrency: int = 4, timeout: float = 60.0) -> dict:
+    """Send every case; returns counts per status, the 5xx/transport failures and readiness after."""
+    import httpx
+
+    statuses: Counter = Counter()
+    failures: list[tuple[str, str]] = []
+    with httpx.Client(base_url=url, timeout=timeout) as client:
+        def send(case):
+            name, path, body, headers = case
+            try:
+                r = client.post(path, content=body, headers=headers)
+            except httpx.HTTPError as exc:
+                return name, None, f"{type(exc).__name__}: {exc}"
+            return name, r.status_code, r.text[:300]
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            for name, status, text in pool.map(send, cases):
+                statuses[status] += 1
+                repaired = status == 200 and name.endswith(MAY_DECODE)
+                if status is None or not (400 <= status < 500 or repaired):
+                    failures.append((name, f"{status}: {text}"))
+        ready = client.get("/v2/health/ready").status_code
+        good = {"instances": [{"audio": _b64(_audio(1.0)), "text": "still fine"}]}
+        after = client.post(V1, json=good).status_code
+    return {"statuses": dict(statuses), "failures": failures, "ready_after": ready, "valid_after": after}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=1200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--url", default=None, help="an already running predictor (model name 'emoflow')")
+    args = ap.parse_args(argv)
+
+    cases = make_cases(args.requests, args.seed)
+    kinds = Counter(name for name, *_ in cases)
+    if args.url:
+        result, took = _timed(run_fuzz, args.url, cases, args.concurrency)
+    else:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from bench_serving import _free_port, _reap_in_background, register
+        from emoflow.serving.local import start_local_server, stop_local_server
+
+        with tempfile.TemporaryDirectory(prefix="bench-fuzz-") as tmp:
+            store = register(Path(tmp), "tiny")
+            port = _free_port()
+            url = start_local_server("emoflow@production", store, host="127.0.0.1", port=port)
+            _reap_in_background(int((Path(os.environ["EMOFLOW_HOME"]) / "serve" / f"{port}.pid").read_text()))
+            try:
+                result, took = _timed(run_fuzz, url, cases, args.concurrency)
+            finally:
+                stop_local_server(port)
+    print(f"R2 fuzz: {len(cases)} malformed requests (seed {args.seed}) in {took:.1f} s, {len(kinds)} kinds")
+    print("  kinds:", ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
+    print("  statuses:", ", ".join(f"{k}: {v}" for k, v in sorted(result["statuses"].items(), key=str)))
+    n5 = sum(v for k, v in result["statuses"].items() if k is None or k >= 500)
+    print(f"  5xx or transport errors: {n5}; ready after: {result['ready_after']}; valid request after: {result['valid_after']}")
+    for name, text in result["failures"][:20]:
+        print(f"  FAIL {name}: {text}")
+    ok = not result["failures"] and result["ready_after"] == 200 and result["valid_after"] == 200
+    print("R2", "PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+def _timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
