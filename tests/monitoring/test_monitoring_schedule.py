@@ -71,7 +71,7 @@ def test_cli_subcommands(package, monkeypatch, capsys):
 
     monkeypatch.setattr(cli, "_client", lambda host: client)
     assert args.func(args) == 0
-    assert client.recurring[0]["params"] == {"epochs": 5, "corpus": "s3://data/iemocap"}
+    assert client.recurring[0]["params"] == {"alias": "candidate", "epochs": 5, "corpus": "s3://data/iemocap"}
     assert "rr-1" in capsys.readouterr().out
     w = parser.parse_args(["retrain-webhook", "--pipeline", str(package), "--cooldown", "30m"])
     assert w.bind == "127.0.0.1" and w.cooldown == 1800 and w.alertname is None
@@ -102,3 +102,10 @@ def test_should_promote():
         should_promote({"ua": 0.7}, {"ua": "n/a"})
     with pytest.raises(ValueError, match="margin"):
         should_promote({"ua": 0.7}, {"ua": 0.6}, margin=-0.1)
+
+
+def test_retraining_runs_register_a_candidate_by_default():
+    from emoflow.monitoring.cli import retrain_params
+
+    assert retrain_params([("epochs", 3)]) == {"alias": "candidate", "epochs": 3}
+    assert retrain_params([("alias", "production")])["alias"] == "production"
