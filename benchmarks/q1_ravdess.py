@@ -55,7 +55,8 @@ def main(argv=None) -> int:
     write_manifest(raw, res.utterances)
     results = []
     for preset_name in args.presets:
-        preset = load_preset(args.arch, preset_name)
+        preset = load_yaml(preset_name) if preset_name.endswith((".yaml", ".yml")) else load_preset(args.arch, preset_name)
+        label = preset.get("name", preset_name)
         feats = preset.get("features", {})
         for protocol in args.protocols:
             fc = {"encoders": feats.get("encoders", []), "embedding_options": feats.get("embedding_options", {}),
@@ -67,9 +68,10 @@ def main(argv=None) -> int:
             t_feat = time.time() - t0
             probs, y_true, ids = [], None, None
             for seed in args.seeds:
-                run_dir = out / f"{args.arch}-{preset_name}-{protocol}-s{seed}"
+                run_dir = out / f"{args.arch}-{label}-{protocol}-s{seed}"
                 t1 = time.time()
-                summary = run_training(utts, store, args.arch, preset_name, run_dir, fold_scheme="speaker_groups",
+                summary = run_training(utts, store, args.arch, preset if preset_name.endswith((".yaml", ".yml"))
+                                       else preset_name, run_dir, fold_scheme="speaker_groups",
                                        n_folds=args.n_folds, seed=seed, epochs=args.epochs or None,
                                        checkpoint_prefix=None, skip_final=True, progress=False)
                 t_train = time.time() - t1
@@ -77,7 +79,7 @@ def main(argv=None) -> int:
                                     protocol=protocol)
                 m = json.loads((run_dir / "eval" / "metrics.json").read_text()) if (
                     run_dir / "eval" / "metrics.json").exists() else {}
-                row = {"arch": args.arch, "preset": preset_name, "protocol": fsum["protocol"], "seed": seed,
+                row = {"arch": args.arch, "preset": label, "protocol": fsum["protocol"], "seed": seed,
                        "features_s": round(t_feat, 1), "train_s": round(t_train, 1), "evaluate": ev}
                 results.append(row)
                 print(json.dumps(row, default=str), flush=True)
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
                 labels = summary["labels"]
                 pred = [labels[k] for k in np.mean(probs, 0).argmax(1)]
                 m = compute_metrics(y_true, pred, labels)
-                row = {"arch": args.arch, "preset": preset_name, "protocol": fsum["protocol"],
+                row = {"arch": args.arch, "preset": label, "protocol": fsum["protocol"],
                        "seed": f"ensemble of {len(args.seeds)}", "pooled": {k: round(100 * m[k], 2) for k in
                                                                             ("ua", "wa", "wf1")}}
                 results.append(row)

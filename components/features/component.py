@@ -5,8 +5,11 @@ from emoflow.images import image
 
 
 @dsl.component(base_image=image("base"), install_kfp_package=False)
-def features(manifest: Input[Dataset], store: str, feature_config: dict, featurized: Output[Dataset]) -> dict:
-    """Log-mel features into the store, keyed by the hash of the feature config."""
+def features(manifest: Input[Dataset], store: str, feature_config: dict, cache_key: str,
+             featurized: Output[Dataset]) -> dict:
+    """Log-mel features into the store, keyed by the hash of the feature config.
+
+    `cache_key` (content of data and configuration) only feeds KFP's cache key."""
     from emoflow import steps
 
     summary = steps.features(manifest.path, featurized.path, store, feature_config)

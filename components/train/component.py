@@ -15,10 +15,13 @@ def train(
     n_folds: int,
     seed: int,
     feature_config: dict,
+    cache_key: str,
     model: Output[Model],
     predictions: Output[Dataset],
 ) -> dict:
-    """Cross-validated training of one architecture, then the final fit on all groups."""
+    """Cross-validated training of one architecture, then the final fit on all groups.
+
+    `cache_key` (content of data and configuration) only feeds KFP's cache key."""
     import os
     import shutil
 

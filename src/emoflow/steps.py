@@ -155,6 +155,103 @@ def train(
     return result
 
 
+def plan_folds(manifest: str, *, fold_scheme: str = "logo", n_folds: int = 0, seed: int = 0) -> list[str]:
+    """Fold names of the cross-validation plan (what the per-fold fan-out iterates over)."""
+    from emoflow.evaluation.folds import make_folds
+
+    utts = read_manifest(manifest)
+    by_id = {u.id: u for u in utts}  # the same fold plan as emoflow.training.run
+    return [f.name for f in make_folds([by_id[i] for i in by_id], scheme=fold_scheme, n_folds=n_folds or None,
+                                       seed=seed)]
+
+
+def train_fold(
+    manifest: str,
+    store: str,
+    arch: str,
+    preset: str,
+    fold: str,
+    out_path: str,
+    *,
+    epochs: int = 0,
+    fold_scheme: str = "logo",
+    n_folds: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """One fold of one architecture (no final fit): its test predictions as JSON at `out_path`."""
+    import tempfile
+
+    from emoflow.training.run import run_training
+
+    with tempfile.TemporaryDirectory() as work:
+        summary = run_training(
+            read_manifest(manifest), _store(store), arch, preset, work, fold_scheme=fold_scheme,
+            n_folds=n_folds or None, only_fold=fold, skip_final=True, seed=seed, epochs=epochs or None,
+            checkpoint_prefix="checkpoints", progress=progress,
+        )
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(work) / "predictions.json", out_path)
+    res = summary["folds"][fold]
+    return {"arch": arch, "fold": fold, "best_epoch": res["best_epoch"], "best_val_ua": res["best_val_ua"],
+            "run_key": summary["run_key"], "device": summary["device"]}
+
+
+def finalize(
+    manifest: str,
+    store: str,
+    arch: str,
+    preset: str,
+    fold_predictions: Sequence[str],
+    out_dir: str,
+    *,
+    epochs: int = 0,
+    fold_scheme: str = "logo",
+    n_folds: int = 0,
+    seed: int = 0,
+    feature_config: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Merge the folds' predictions and fit the final model: the same out_dir as `train`.
+
+    Only the parts of this architecture are used (the pipeline may collect every architecture's
+    folds); every fold of the plan must be there exactly once."""
+    from emoflow.training.run import finalize_training
+
+    parts = [json.loads(Path(p).read_text()) for p in fold_predictions]
+    mine = [p for p in parts if p.get("arch") == arch]
+    if not mine:
+        raise ValueError(f"no fold predictions for architecture {arch!r} among "
+                         f"{sorted({str(p.get('arch')) for p in parts})}")
+    summary = finalize_training(
+        read_manifest(manifest), _store(store), arch, preset, out_dir, mine, fold_scheme=fold_scheme,
+        n_folds=n_folds or None, seed=seed, epochs=epochs or None, checkpoint_prefix="checkpoints",
+        progress=progress,
+    )
+    (Path(out_dir) / "model" / "feature_config.json").write_text(json.dumps(plain(feature_config or {})))
+    result = {k: summary[k] for k in ("arch", "labels", "final_epochs", "device")}
+    (Path(out_dir) / "train.json").write_text(json.dumps(result))
+    return result
+
+
+def fingerprint(manifest: str, *, architectures: Sequence[str] = (), preset: str = "",
+                feature_config: dict | None = None, **settings) -> str:
+    """Content key for the cached steps: sha256 of the manifest bytes (audio is content-addressed
+    in it), each architecture's resolved preset and the feature config, plus `settings`.
+
+    Passed to features/train as an explicit parameter, so KFP's cache key (input parameter values,
+    input artifact ids, image, command) changes whenever data or configuration change, even when
+    an upstream artifact is reused (e.g. an importer, or a cached upstream task)."""
+    import hashlib
+
+    from emoflow.training.run import resolve_preset
+
+    data = hashlib.sha256(Path(manifest).read_bytes()).hexdigest()
+    presets = {a: config_hash(resolve_preset(a, preset)) for a in sorted(architectures)} if preset else {}
+    return config_hash({"data": data, "presets": presets, "features": plain(feature_config or {}),
+                        "settings": plain(settings)}, 16)
+
+
 def evaluate(predictions: str, out_dir: str, *, metrics_artifact=None, classification_artifact=None,
              corpus: str = "", protocol: str = "strict") -> dict:
     """Fold predictions → metrics (per fold, mean ± std, pooled), report, confusion PNG, KFP metrics."""

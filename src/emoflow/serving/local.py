@@ -39,6 +39,12 @@ def stop_local_server(port: int, timeout_s: float = 10.0) -> bool:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         try:
+            # reap it when it is our child (otherwise a zombie keeps answering kill(pid, 0))
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:
+            pass
+        try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return True

@@ -90,7 +90,7 @@ def run_training(
 ) -> dict:
     """Cross-validated training + final fit. Returns the summary also written to predictions.json."""
     from emoflow.evaluation.folds import make_folds
-    from emoflow.models import build_model, save_model
+    from emoflow.models import build_model
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -102,10 +102,7 @@ def run_training(
     probe = build_model(arch, preset, labels)
     data = load_items(utterances, store, labels, set(probe.inputs), progress=progress)
     del probe
-    run_key = config_hash({
-        "arch": arch, "preset": preset, "train": cfg.__dict__, "labels": labels,
-        "data": sorted((u.id, u.label, u.extra.get("logmel"), u.text) for u in utterances),
-    })
+    run_key = _run_key(arch, preset, cfg, labels, utterances)
     by_id = {u.id: u for u in utterances}
     folds = make_folds([by_id[i] for i in by_id], scheme=fold_scheme, n_folds=n_folds, seed=seed)
     if only_fold is not None:
@@ -155,18 +152,119 @@ def run_training(
         "device": str(dev),
     }
     if not skip_final:
-        n_final = final_epoch_count or final_epochs([r["best_epoch"] for r in results.values()])
-        seed_everything(seed)
-        model = build_model(arch, preset, labels)
-        final_cfg = TrainConfig.from_preset(preset, epochs=n_final, seed=seed, patience=None)
-        fit(model, data, None, final_cfg, device=dev, checkpointer=checkpointer("final"),
-            progress=progress, name=f"{arch} final")
-        fusion = [r["fusion"] for r in results.values() if r.get("fusion")]
-        if fusion and hasattr(model, "set_fusion"):
-            # the final fit has no held-out part: use the folds' fits (each on its own validation part)
-            summary["final_fusion"] = average_fusion(fusion)
-            model.set_fusion(summary["final_fusion"])
-        save_model(model.cpu(), out_dir / "model")
-        summary["final_epochs"] = n_final
+        _final_fit(summary, data, store, arch, preset, labels, out_dir, seed=seed, dev=dev,
+                   final_epoch_count=final_epoch_count, checkpointer=checkpointer, progress=progress)
     (out_dir / "predictions.json").write_text(json.dumps(summary, indent=1, default=float))
     return summary
+
+
+def _final_fit(summary: dict, data, store, arch: str, preset: dict, labels: list[str], out_dir: Path, *,
+               seed: int, dev, final_epoch_count: int | None, checkpointer, progress: bool) -> None:
+    """Fit on every group for the median of the folds' best epochs; save to out_dir/model."""
+    from emoflow.models import build_model, save_model
+
+    results = summary["folds"]
+    n_final = final_epoch_count or final_epochs([r["best_epoch"] for r in results.values()])
+    seed_everything(seed)
+    model = build_model(arch, preset, labels)
+    final_cfg = TrainConfig.from_preset(preset, epochs=n_final, seed=seed, patience=None)
+    # the epoch count is part of the checkpoint name: a resumed final fit never mixes two lengths
+    fit(model, data, None, final_cfg, device=dev, checkpointer=checkpointer(f"final-e{n_final}"),
+        progress=progress, name=f"{arch} final")
+    fusion = [r["fusion"] for r in results.values() if r.get("fusion")]
+    if fusion and hasattr(model, "set_fusion"):
+        # the final fit has no held-out part: use the folds' fits (each on its own validation part)
+        summary["final_fusion"] = average_fusion(fusion)
+        model.set_fusion(summary["final_fusion"])
+    save_model(model.cpu(), out_dir / "model")
+    summary["final_epochs"] = n_final
+
+
+def merge_fold_predictions(parts: Sequence[dict], expected_folds: Sequence[str] | None = None) -> dict:
+    """Merge per-fold training summaries (``run_training(only_fold=..., skip_final=True)``) into one.
+
+    Every part must come from the same run (same ``run_key``: data, preset, training config and
+    labels); a fold may appear once only, and with `expected_folds` every planned fold must be
+    there. Folds come out in `expected_folds` order (else in the order given)."""
+    if not parts:
+        raise ValueError("no fold predictions to merge")
+    first = parts[0]
+    merged = {k: v for k, v in first.items() if k not in ("folds", "final_epochs", "final_fusion")}
+    merged["folds"] = {}
+    for i, part in enumerate(parts):
+        for key in ("run_key", "arch", "fold_scheme", "labels"):
+            if part.get(key) != first.get(key):
+                raise ValueError(f"fold predictions part {i} has {key}={part.get(key)!r}, "
+                                 f"part 0 has {first.get(key)!r}: they are not from the same run")
+        for name, result in part["folds"].items():
+            if name in merged["folds"]:
+                raise ValueError(f"fold {name!r} appears in more than one fold predictions part")
+            merged["folds"][name] = result
+    if expected_folds is not None:
+        missing = [f for f in expected_folds if f not in merged["folds"]]
+        extra = sorted(set(merged["folds"]) - set(expected_folds))
+        if missing or extra:
+            raise ValueError(f"fold predictions do not match the fold plan: missing {missing}, unexpected {extra}")
+        merged["folds"] = {f: merged["folds"][f] for f in expected_folds}
+    return merged
+
+
+def finalize_training(
+    utterances: Sequence[Utterance],
+    store,
+    arch: str,
+    preset: str | dict,
+    out_dir: str | Path,
+    parts: Sequence[dict],
+    *,
+    fold_scheme: str = "logo",
+    n_folds: int | None = None,
+    seed: int = 0,
+    epochs: int | None = None,
+    device: str = "auto",
+    checkpoint_prefix: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """The fan-out path's last step: merge the folds' predictions and do the final fit.
+
+    Gives the same ``model/`` and ``predictions.json`` as `run_training` without `only_fold`.
+    The parts must match this run (same run key) and cover every fold of the plan."""
+    from emoflow.evaluation.folds import make_folds
+    from emoflow.models import build_model
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    preset = resolve_preset(arch, preset)
+    labels = labels_of(utterances, preset)
+    cfg = TrainConfig.from_preset(preset, epochs=epochs, seed=seed)
+    run_key = _run_key(arch, preset, cfg, labels, utterances)
+    by_id = {u.id: u for u in utterances}  # the same fold plan as run_training
+    plan = [f.name for f in make_folds([by_id[i] for i in by_id], scheme=fold_scheme, n_folds=n_folds, seed=seed)]
+    summary = merge_fold_predictions(parts, expected_folds=plan)
+    if summary["run_key"] != run_key:
+        raise ValueError(f"fold predictions come from run {summary['run_key']}, not this one ({run_key}): "
+                         "data, preset or training config differ")
+    dev = pick_device(device)
+    seed_everything(seed)
+    probe = build_model(arch, preset, labels)
+    data = load_items(utterances, store, labels, set(probe.inputs), progress=progress)
+    del probe
+
+    def checkpointer(name: str) -> Checkpointer | None:
+        if not checkpoint_prefix:
+            return None
+        return Checkpointer(store, f"{checkpoint_prefix.rstrip('/')}/{arch}-{run_key}/{name}.pt")
+
+    summary["device"] = str(dev)
+    _final_fit(summary, data, store, arch, preset, labels, out_dir, seed=seed, dev=dev,
+               final_epoch_count=None, checkpointer=checkpointer, progress=progress)
+    (out_dir / "predictions.json").write_text(json.dumps(summary, indent=1, default=float))
+    return summary
+
+
+def _run_key(arch: str, preset: dict, cfg: TrainConfig, labels: list[str], utterances: Sequence[Utterance]) -> str:
+    """Content key of a training run: checkpoints and fold parts are only reused within one key."""
+    return config_hash({
+        "arch": arch, "preset": preset, "train": cfg.__dict__, "labels": labels,
+        "data": sorted((u.id, u.label, u.extra.get("logmel"), u.text) for u in utterances),
+    })

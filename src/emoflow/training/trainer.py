@@ -11,14 +11,13 @@
 
 from __future__ import annotations
 
-import copy
 import io
 import logging
 import math
 import random
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -316,11 +315,3 @@ def fit(
 def final_epochs(best_epochs: Sequence[int]) -> int:
     """Epochs for the final fit on all groups: the median of the folds' best epochs."""
     return max(1, int(math.ceil(statistics.median(best_epochs)))) if best_epochs else 1
-
-
-def config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)
-
-
-def clone_state(model: torch.nn.Module) -> dict:
-    return copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
