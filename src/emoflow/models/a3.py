@@ -27,6 +27,13 @@ from emoflow.models.registry import register
 from emoflow.text.encoders import load_text_encoder
 
 
+def _standardise(norm: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+    """BatchNorm standardisation; a single-row training batch uses the running statistics."""
+    if norm.training and x.shape[0] < 2:
+        return torch.nn.functional.batch_norm(x, norm.running_mean, norm.running_var, training=False, eps=norm.eps)
+    return norm(x)
+
+
 @register("a3")
 class A3(EmotionModel):
     inputs = {"wave", "text"}
@@ -54,7 +61,11 @@ class A3(EmotionModel):
             self.layer_weights = nn.Parameter(torch.zeros(self.emb_layers)) if self.emb_layers else None
             self.frame_pool = AttentionPool(frame_dim, int(e.get("pool_hidden", 128))) if frame_dim else None
             h_a = (layer_dim if self.emb_layers else 0) + vec_dim + frame_dim
-            self.emb_norm = nn.LayerNorm(h_a)
+            self.emb_dim = h_a
+            # per-feature standardisation with training statistics (cached encoder features have
+            # very different scales per layer and dimension), before the learned layer mix
+            self.layers_norm = nn.BatchNorm1d(self.emb_layers * layer_dim, affine=False) if self.emb_layers else None
+            self.vec_norm = nn.BatchNorm1d(vec_dim, affine=False) if vec_dim else None
             hid = m.get("speech_hidden")
             self.speech_proj = nn.Sequential(nn.Dropout(float(m.get("input_dropout", 0.0))), nn.Linear(h_a, int(hid)),
                                              nn.GELU()) if hid else nn.Identity()
@@ -112,17 +123,16 @@ class A3(EmotionModel):
             layers = batch["speech_layers"]
             if layers.shape[1] != self.emb_layers:
                 raise ValueError(f"a3: speech_layers has {layers.shape[1]} layers, preset says {self.emb_layers}")
+            layers = _standardise(self.layers_norm, layers.flatten(1)).view_as(layers)
             w = torch.softmax(self.layer_weights, 0).to(layers.dtype)
             parts.append((layers * w[None, :, None]).sum(1))
         if self.vec_dim:
-            parts.append(batch["speech_vec"])
+            parts.append(_standardise(self.vec_norm, batch["speech_vec"]))
         if self.frame_pool is not None:
             parts.append(self.frame_pool(batch["speech_emb"], batch["speech_emb_mask"]))
         x = torch.cat(parts, 1)
-        if x.shape[1] != self.emb_norm.normalized_shape[0]:
-            raise ValueError(f"a3: cached speech vector has {x.shape[1]} values, preset dims give "
-                             f"{self.emb_norm.normalized_shape[0]}")
-        x = self.emb_norm(x)
+        if x.shape[1] != self.emb_dim:
+            raise ValueError(f"a3: cached speech vector has {x.shape[1]} values, preset dims give {self.emb_dim}")
         if self.training and self.emb_noise > 0:
             x = x + self.emb_noise * torch.randn_like(x)
         if self.training and self.mixup_alpha > 0:

@@ -8,6 +8,10 @@ that model is what gets registered. Outputs, in ``out_dir``:
 - ``model/``: the final model (``emoflow.models.save_model``);
 - ``predictions.json``: per-fold test predictions (ids, y_true, y_pred, probabilities), labels,
   best epochs and the training configuration, read by the evaluate step.
+
+Fanned out per fold (the pipeline's ``fan_out_folds``): ``run_training(only_fold=f, skip_final=True)``
+once per fold, then `finalize_training` merges the folds' summaries (`merge_fold_predictions`) and
+does the same final fit, giving the same outputs.
 """
 
 from __future__ import annotations
