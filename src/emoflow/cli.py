@@ -192,6 +192,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_canary(args: argparse.Namespace) -> int:
+    from emoflow.serving.deploy import promote_canary, rollback_canary
+
+    action = promote_canary if args.action == "promote" else rollback_canary
+    action(args.name, args.namespace)
+    print(f"{args.action}d the canary of InferenceService {args.namespace}/{args.name}")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from emoflow.models import describe_presets
 
@@ -252,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="evaluation")
     p.add_argument("--transcribe", default="auto")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("canary", help="promote or roll back the canary revision of the InferenceService")
+    p.add_argument("action", choices=["promote", "rollback"])
+    p.add_argument("--name", default="emoflow")
+    p.add_argument("--namespace", default="emoflow")
+    p.set_defaults(func=cmd_canary)
 
     p = sub.add_parser("presets", help="architecture presets and their parameter counts")
     p.set_defaults(func=cmd_presets)

@@ -3,8 +3,9 @@
 Everything is read from the environment so that the same code runs in a KFP
 container, under ``kfp.local`` and in tests:
 
-- ``EMOFLOW_HOME``: working folder (default ``~/.cache/emoflow``); holds ``assets/``
-  (offline model files) and, for the embedded default, ``store/``.
+- ``EMOFLOW_HOME``: working folder; holds ``assets/`` (offline model files) and, for the
+  embedded default, ``store/``. Default: ``./.emoflow`` when the current folder has one (a
+  checkout set up by ``make``), else ``~/.cache/emoflow``.
 - ``EMOFLOW_STORE``: artifact store URI (default ``file://$EMOFLOW_HOME/store``).
 """
 
@@ -20,7 +21,10 @@ import yaml
 
 
 def home() -> Path:
-    return Path(os.environ.get("EMOFLOW_HOME", Path.home() / ".cache" / "emoflow")).expanduser().resolve()
+    if os.environ.get("EMOFLOW_HOME"):
+        return Path(os.environ["EMOFLOW_HOME"]).expanduser().resolve()
+    local = Path.cwd() / ".emoflow"
+    return (local if local.is_dir() else Path.home() / ".cache" / "emoflow").resolve()
 
 
 def store_uri() -> str:

@@ -291,3 +291,19 @@ def is_hidden(rel: str) -> bool:
 
 def temp_dir() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix="emoflow-ingest-")
+
+
+def named_files(src: "Source", scan: "Scan", prefix: str, pattern, extension: str, expected: str):
+    """Yield (rel, uid, match) for the files directly under `prefix` whose stem matches `pattern`
+    and whose extension is `extension`; anything else is rejected as bad_filename (hidden files are
+    counted in the scan notes)."""
+    for rel in src.list(prefix):
+        if is_hidden(rel):
+            scan.notes["ignored_hidden_files"] = scan.notes.get("ignored_hidden_files", 0) + 1
+            continue
+        uid = stem(rel)
+        m = pattern.match(uid)
+        if "/" in rel[len(prefix):] or not m or ext(rel) != extension:
+            scan.reject(uid, rel, "bad_filename", f"{rel}: expected {expected}")
+            continue
+        yield rel, uid, m

@@ -20,7 +20,7 @@ import csv
 import io
 import re
 
-from emoflow.corpora.base import Adapter, ItemError, Scan, Source, decode_text, ext, is_hidden, stem
+from emoflow.corpora.base import Adapter, ItemError, Scan, Source, decode_text, named_files
 from emoflow.corpora.record import Utterance
 
 SENTENCES = {
@@ -52,15 +52,7 @@ class CremadAdapter(Adapter):
         scan = Scan()
         sex = self._demographics(src, scan)
         prefix = options["audio_dir"].strip("/") + "/"
-        for rel in src.list(prefix):
-            if is_hidden(rel):
-                scan.notes["ignored_hidden_files"] = scan.notes.get("ignored_hidden_files", 0) + 1
-                continue
-            uid = stem(rel)
-            m = NAME.match(uid)
-            if "/" in rel[len(prefix):] or not m or ext(rel) != "wav":
-                scan.reject(uid, rel, "bad_filename", f"{rel}: expected {prefix}AAAA_SSS_EEE_LL.wav")
-                continue
+        for rel, uid, m in named_files(src, scan, prefix, NAME, "wav", f"{prefix}AAAA_SSS_EEE_LL.wav"):
             actor, sent, emo, level = m.groups()
             if sent not in SENTENCES:
                 scan.reject(uid, rel, "bad_filename", f"{rel}: unknown sentence code {sent!r}")

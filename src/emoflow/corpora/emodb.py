@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from emoflow.corpora.base import Adapter, Scan, Source, ext, is_hidden, stem
+from emoflow.corpora.base import Adapter, Scan, Source, named_files
 from emoflow.corpora.record import Utterance
 
 SENTENCES = {
@@ -45,15 +45,7 @@ class EmodbAdapter(Adapter):
     def scan(self, src: Source, options: dict) -> Scan:
         scan = Scan()
         prefix = options["audio_dir"].strip("/") + "/"
-        for rel in src.list(prefix):
-            if is_hidden(rel):
-                scan.notes["ignored_hidden_files"] = scan.notes.get("ignored_hidden_files", 0) + 1
-                continue
-            uid = stem(rel)
-            m = NAME.match(uid)
-            if "/" in rel[len(prefix):] or not m or ext(rel) != "wav":
-                scan.reject(uid, rel, "bad_filename", f"{rel}: expected {prefix}SSTTTEV.wav (e.g. 03a01Fa.wav)")
-                continue
+        for rel, uid, m in named_files(src, scan, prefix, NAME, "wav", f"{prefix}SSTTTEV.wav (e.g. 03a01Fa.wav)"):
             spk, code, emo, version = m.groups()
             if spk not in SPEAKERS:
                 scan.reject(uid, rel, "bad_filename", f"{rel}: unknown speaker {spk!r}")
