@@ -47,6 +47,10 @@ def main(argv=None) -> int:
     from emoflow.training.run import run_training
 
     torch.set_num_threads(2)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("emoflow.training").setLevel(logging.INFO)
     store = open_store(args.store)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -79,8 +83,14 @@ def main(argv=None) -> int:
                                     protocol=protocol)
                 m = json.loads((run_dir / "eval" / "metrics.json").read_text()) if (
                     run_dir / "eval" / "metrics.json").exists() else {}
+                met = ev.get("metrics", {})
                 row = {"arch": args.arch, "preset": label, "protocol": fsum["protocol"], "seed": seed,
-                       "features_s": round(t_feat, 1), "train_s": round(t_train, 1), "evaluate": ev}
+                       "features_s": round(t_feat, 1), "train_s": round(t_train, 1),
+                       "mean": {k: round(100 * met["mean"][k], 2) for k in ("ua", "wa", "wf1") if k in met.get("mean", {})},
+                       "std": {k: round(100 * met["std"][k], 2) for k in ("ua", "wa", "wf1") if k in met.get("std", {})},
+                       "pooled": {k: round(100 * met["pooled"][k], 2) for k in ("ua", "wa", "wf1")
+                                  if k in met.get("pooled", {})},
+                       "report": str(run_dir / "eval")}
                 results.append(row)
                 print(json.dumps(row, default=str), flush=True)
                 folds = summary["folds"]

@@ -29,7 +29,7 @@ RUN_DEFAULTS = {
     "source": "",
     "architectures": ["a1"],
     "preset": "tiny",
-    "epochs": 6,
+    "epochs": 5,
     "fold_scheme": "logo",
     "n_folds": 0,
     "seed": 0,
@@ -39,6 +39,7 @@ RUN_DEFAULTS = {
     "winner_metric": "ua",
     "deploy_target": "local",
     "serve_port": 8080,
+    "fan_out_folds": False,
 }
 
 
@@ -229,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transcribe", dest="transcribe_backend")
     p.add_argument("--deploy", dest="deploy_target", choices=["local", "none"])
     p.add_argument("--port", dest="serve_port", type=int)
+    p.add_argument("--fan-out-folds", dest="fan_out_folds", action="store_true", default=None,
+                   help="one training task per fold (as a cluster runs them in parallel)")
     p.add_argument("--store")
     p.add_argument("--no-request", action="store_true", help="skip the final HTTP request")
     p.set_defaults(func=cmd_run)

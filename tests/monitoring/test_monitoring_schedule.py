@@ -40,7 +40,7 @@ def test_create_schedule_arguments(package):
     assert kw["cron_expression"] == "0 0 3 * * *"
     assert kw["no_catchup"] is True and kw["max_concurrency"] == 1 and kw["enabled"] is True
     assert kw["pipeline_package_path"] == str(package)
-    assert kw["params"] == {"architectures": ["a1"], "epochs": 5}
+    assert kw["params"] == {"alias": "candidate", "architectures": ["a1"], "epochs": 5}
     assert "UTC" in kw["description"]
 
 
@@ -105,7 +105,7 @@ def test_should_promote():
 
 
 def test_retraining_runs_register_a_candidate_by_default():
-    from emoflow.monitoring.cli import retrain_params
+    from emoflow.monitoring.schedule import retrain_params
 
-    assert retrain_params([("epochs", 3)]) == {"alias": "candidate", "epochs": 3}
-    assert retrain_params([("alias", "production")])["alias"] == "production"
+    assert retrain_params({"epochs": 3}) == {"alias": "candidate", "epochs": 3}
+    assert retrain_params({"alias": "production"})["alias"] == "production"

@@ -258,7 +258,7 @@ def test_kfp_submitter_calls_create_run_from_pipeline_package(tmp_path):
     submit = kfp_submitter(client, pkg, experiment="emo-exp", params={"epochs": 3})
     assert submit("Emo Model", alert()) == "abc-123"
     path, args, name, exp = client.calls[0]
-    assert path == str(pkg) and args == {"epochs": 3} and exp == "emo-exp"
+    assert path == str(pkg) and args == {"alias": "candidate", "epochs": 3} and exp == "emo-exp"
     assert name.startswith("emoflow-retrain-emo-model-")
     with pytest.raises(ValueError, match="does not exist"):
         kfp_submitter(client, tmp_path / "nope.yaml")

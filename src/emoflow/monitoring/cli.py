@@ -10,14 +10,6 @@ import argparse
 import json
 
 
-def retrain_params(pairs) -> dict:
-    """Pipeline parameters of a retraining run: the new model is a `candidate`, promoted to
-    production only if it beats it (see emoflow.steps.register), unless the caller says otherwise."""
-    params = {"alias": "candidate"}
-    params.update(dict(pairs))
-    return params
-
-
 def _param(text: str) -> tuple[str, object]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
@@ -62,7 +54,7 @@ def _cmd_schedule(args) -> int:
     from emoflow.monitoring.schedule import create_schedule
 
     run = create_schedule(_client(args.host), args.pipeline, args.cron, experiment=args.experiment,
-                          job_name=args.job_name, params=retrain_params(args.param), namespace=args.namespace)
+                          job_name=args.job_name, params=dict(args.param), namespace=args.namespace)
     rid = getattr(run, "recurring_run_id", None) or getattr(run, "id", None)
     print(f"recurring run {args.job_name} created (id {rid}): cron '{args.cron}' UTC, "
           "no_catchup=True, max_concurrency=1")
@@ -74,7 +66,7 @@ def _cmd_webhook(args) -> int:
 
     token = load_token(args.token_file)
     submit = kfp_submitter(_LazyClient(args.host), args.pipeline, experiment=args.experiment,
-                           params=retrain_params(args.param))
+                           params=dict(args.param))
     trigger = RetrainTrigger(submit, alertnames=tuple(args.alertname or ["EmotionDistributionDrift"]),
                              cooldown_s=args.cooldown, state_path=args.state_file)
     print(f"retrain webhook on http://{args.bind}:{args.port}/alerts "

@@ -21,6 +21,12 @@ CRON_FIELDS = ("second", "minute", "hour", "day-of-month", "month", "day-of-week
 _FIELD = re.compile(r"^[0-9A-Za-z*/,?#\-]+$")
 
 
+def retrain_params(params: dict | None = None) -> dict:
+    """Pipeline parameters of a retraining run: the new model is a `candidate`, promoted to
+    production only if it beats it (see emoflow.steps.register), unless the caller says otherwise."""
+    return {"alias": "candidate", **(params or {})}
+
+
 def validate_cron(cron: str) -> str:
     """Check a 6-field KFP cron expression (seconds first); return it normalised to single spaces."""
     if not isinstance(cron, str):
@@ -59,7 +65,7 @@ def create_schedule(client, pipeline_package_path, cron: str, *, experiment: str
         cron_expression=cron,
         max_concurrency=1,
         no_catchup=True,
-        params=dict(params or {}),
+        params=retrain_params(params),
         pipeline_package_path=str(path),
         enabled=True,
     )

@@ -51,6 +51,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from emoflow.monitoring.schedule import retrain_params
+
 TOKEN_ENV = "EMOFLOW_WEBHOOK_TOKEN"
 MIN_TOKEN_LENGTH = 16
 MAX_BODY_BYTES = 1 << 20
@@ -300,7 +302,7 @@ def kfp_submitter(client, pipeline_package_path: str | os.PathLike, *, experimen
     path = Path(pipeline_package_path)
     if not path.is_file():
         raise ValueError(f"pipeline package {path} does not exist (compile it with `emoflow compile`)")
-    base = dict(params or {})
+    base = retrain_params(params)
 
     def submit(model: str, alert: dict) -> str:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
