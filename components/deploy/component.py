@@ -20,6 +20,10 @@ def deploy(
     """Serve the production model: a KServe InferenceService, or the same predictor on 127.0.0.1."""
     from emoflow import steps
 
+    if target == "kserve" and not registration.get("promoted", True):
+        # a candidate that did not beat production: the served model stays as it is
+        print(f"not deploying: {registration.get('reason')}")
+        return "unchanged"
     ref = f"{registration['model']}@production"
     return steps.deploy(ref, store, target=target, port=port, namespace=namespace, isvc_name=isvc_name,
                         gpu=gpu, node_selector=node_selector, tolerations=tolerations,

@@ -5,7 +5,7 @@
     emoflow submit     upload and run the pipeline on a Kubeflow Pipelines host
     emoflow serve      start the KServe predictor for a registered model on 127.0.0.1
     emoflow evaluate   score a registered model on another labelled corpus
-    emoflow models     list / show / promote / rollback registered models; `presets` for sizes
+    emoflow models     list / show / promote / rollback registered models; `models presets` for sizes
     emoflow mirror     copy a hub model into an s3:// mirror (where a hub is reachable)
     emoflow schedule   recurring retraining run on Kubeflow
     emoflow retrain-webhook   Alertmanager receiver that starts retraining on drift
@@ -202,16 +202,6 @@ def cmd_canary(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_presets(args: argparse.Namespace) -> int:
-    from emoflow.models import describe_presets
-
-    rows = describe_presets()
-    print(f"{'arch':<6}{'preset':<10}{'parameters':>14}{'trainable':>14}  reference")
-    for row in rows:
-        print(f"{row['arch']:<6}{row['preset']:<10}{row['params']:>14,}{row['trainable']:>14,}  {row.get('reference', '')}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emoflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -270,9 +260,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="emoflow")
     p.add_argument("--namespace", default="emoflow")
     p.set_defaults(func=cmd_canary)
-
-    p = sub.add_parser("presets", help="architecture presets and their parameter counts")
-    p.set_defaults(func=cmd_presets)
 
     for module in ("emoflow.registry.cli", "emoflow.text.encoders", "emoflow.monitoring.cli"):
         try:

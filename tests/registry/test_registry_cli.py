@@ -63,3 +63,13 @@ def test_cli_default_store_from_env(tmp_path, monkeypatch):
     monkeypatch.setenv("EMOFLOW_STORE", str(tmp_path / "empty"))
     rc, out = _run(["models", "list"])
     assert rc == 0 and "no models" in out
+
+
+def test_models_presets_prints_parameter_counts(capsys):
+    from emoflow.cli import main
+
+    assert main(["models", "presets"]) == 0
+    out = capsys.readouterr().out
+    assert "a1    paper" in out and "110,011,854" in out
+    for arch in ("a1", "a2", "a3", "a4"):
+        assert f"{arch}    tiny" in out

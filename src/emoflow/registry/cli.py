@@ -18,10 +18,10 @@ from .core import DEFAULT_ALIAS, Registry, RegistryError
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
     """Add the ``models`` command group to an argparse subparsers object."""
-    p = subparsers.add_parser("models", help="model registry: list, show, promote, rollback")
+    p = subparsers.add_parser("models", help="model registry: list, show, promote, rollback; presets")
     p.add_argument("--store", default=None, help="artifact store URI (default: $EMOFLOW_STORE or the local store)")
     p.add_argument("--root", default="registry", help="registry folder inside the store (default: registry)")
-    sub = p.add_subparsers(dest="models_cmd", metavar="{list,show,promote,rollback}")
+    sub = p.add_subparsers(dest="models_cmd", metavar="{list,show,promote,rollback,presets}")
     sub.required = True
 
     s = sub.add_parser("list", help="models with their versions and aliases")
@@ -40,6 +40,8 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     s.add_argument("name")
     s.add_argument("--alias", default=DEFAULT_ALIAS)
 
+    sub.add_parser("presets", help="architecture presets with their parameter counts (built offline)")
+
     p.set_defaults(func=handle)
     return p
 
@@ -50,6 +52,11 @@ def handle(args: argparse.Namespace, out=None) -> int:
     try:
         reg = Registry(args.store or config.store_uri(), root=args.root)
         cmd = args.models_cmd
+        if cmd == "presets":
+            from emoflow.models import format_presets
+
+            print(format_presets(), file=out)
+            return 0
         if cmd == "list":
             rows = []
             for name in reg.list_models():
