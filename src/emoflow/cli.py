@@ -28,8 +28,8 @@ RUN_DEFAULTS = {
     "corpus": "demo",
     "source": "",
     "architectures": ["a1"],
-    "preset": "tiny",
-    "epochs": 5,
+    "preset": "demo",
+    "epochs": 4,
     "fold_scheme": "logo",
     "n_folds": 0,
     "seed": 0,
@@ -87,15 +87,16 @@ def _run_config(args: argparse.Namespace) -> dict:
 
 def print_results(registration: dict) -> None:
     results = registration.get("results") or {}
-    print("\nResults (cross-validated; UA = unweighted accuracy, WA = weighted accuracy, WF1 = weighted F1)")
+    print("\nResults (cross-validated; UA = unweighted accuracy, WA = weighted accuracy, WF1 = weighted F1, in %)")
     for arch, res in sorted(results.items()):
         print(f"\n  {arch}  (preset {res.get('preset')})")
-        print(f"    {'fold':<14}{'UA':>8}{'WA':>8}{'WF1':>8}")
-        for fold, m in res["folds"].items():
-            print(f"    {fold:<14}{m['ua'] * 100:8.1f}{m['wa'] * 100:8.1f}{m['wf1'] * 100:8.1f}")
+        print(f"    {'fold':<14}{'UA':>13}{'WA':>13}{'WF1':>13}")
+        for fold in sorted(res["folds"], key=lambda f: (len(f), f)):
+            m = res["folds"][fold]
+            print(f"    {fold:<14}" + "".join(f"{m[k] * 100:13.1f}" for k in ("ua", "wa", "wf1")))
         mean, std, pooled = res["mean"], res["std"], res["pooled"]
-        print(f"    {'mean ± std':<14}" + "".join(f"{mean[k] * 100:5.1f}±{std[k] * 100:<4.1f}"[:8].rjust(8) for k in ("ua", "wa", "wf1")))
-        print(f"    {'pooled':<14}{pooled['ua'] * 100:8.1f}{pooled['wa'] * 100:8.1f}{pooled['wf1'] * 100:8.1f}")
+        print(f"    {'mean ± std':<14}" + "".join(f"{mean[k] * 100:7.1f} ± {std[k] * 100:<3.1f}".rjust(13) for k in ("ua", "wa", "wf1")))
+        print(f"    {'pooled':<14}" + "".join(f"{pooled[k] * 100:13.1f}" for k in ("ua", "wa", "wf1")))
     print(f"\nWinner: {registration['winner']} (mean {registration['metric'].upper()} {registration['value'] * 100:.1f}) "
           f"registered as {registration['model']}/{registration['version']}; production: "
           f"{'yes' if registration.get('promoted') else 'no'} ({registration.get('reason', '')})")

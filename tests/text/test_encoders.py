@@ -127,3 +127,15 @@ def test_mirror_cli_and_offline_refusal(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(EncoderLoadError, match="org/model"):
         mirror("org/model", "s3://bucket/models/model")
+
+
+def test_frozen_text_encoder_has_no_trainable_parameters_and_stays_in_eval():
+    from torch import nn
+
+    from emoflow.text.encoders import load_text_encoder
+
+    _, enc = load_text_encoder({"source": "minilm", "init": "pretrained", "freeze": True})
+    assert not any(p.requires_grad for p in enc.parameters())
+    outer = nn.ModuleDict({"enc": enc})
+    outer.train()
+    assert enc.training is False  # dropout stays off inside a training model

@@ -8,8 +8,9 @@ Audio-only / text-only inference: unimodal heads on each pooled vector ("audio_l
 
 Cached-embedding variant (preset ``inputs`` contains "speech_emb", e.g. the ``offline`` preset):
 the frozen speech encoder ran once per utterance in the features step, and the speech vector is
-built from the batch's cached embeddings: a learned softmax-weighted sum over the encoder's layer
-statistics ("speech_layers" [B,L,2H], mean+std per layer), the other encoders' utterance vectors
+built from the batch's cached embeddings: the encoder's layer statistics ("speech_layers" [B,L,2H],
+mean+std per layer, standardised per feature) mixed by learned softmax weights
+(``speech_emb.layer_mix: weighted``) or kept side by side (``concat``), the other encoders' utterance vectors
 ("speech_vec", e.g. the GE2E speaker embedding) and, when the preset asks, attention pooling over
 cached frames ("speech_emb"). Dimensions come from ``model.speech_emb`` {layers, layer_dim,
 vec_dim, frame_dim}. Without "text" in the inputs the model is speech-only ("both" = "audio").
@@ -58,9 +59,15 @@ class A3(EmotionModel):
             self.vec_dim = vec_dim
             if not (self.emb_layers and layer_dim) and not vec_dim and not frame_dim:
                 raise ValueError("a3: model.speech_emb must give layers+layer_dim, vec_dim and/or frame_dim")
-            self.layer_weights = nn.Parameter(torch.zeros(self.emb_layers)) if self.emb_layers else None
+            # "weighted": learned softmax mix of the layers (layer_dim values); "concat": every layer kept
+            self.layer_mix = e.get("layer_mix", "weighted")
+            if self.layer_mix not in ("weighted", "concat"):
+                raise ValueError(f"a3: speech_emb.layer_mix must be 'weighted' or 'concat', got {self.layer_mix!r}")
+            self.layer_weights = (nn.Parameter(torch.zeros(self.emb_layers))
+                                  if self.emb_layers and self.layer_mix == "weighted" else None)
             self.frame_pool = AttentionPool(frame_dim, int(e.get("pool_hidden", 128))) if frame_dim else None
-            h_a = (layer_dim if self.emb_layers else 0) + vec_dim + frame_dim
+            mixed = layer_dim * (self.emb_layers if self.layer_mix == "concat" else 1) if self.emb_layers else 0
+            h_a = mixed + vec_dim + frame_dim
             self.emb_dim = h_a
             # per-feature standardisation with training statistics (cached encoder features have
             # very different scales per layer and dimension), before the learned layer mix
@@ -124,8 +131,11 @@ class A3(EmotionModel):
             if layers.shape[1] != self.emb_layers:
                 raise ValueError(f"a3: speech_layers has {layers.shape[1]} layers, preset says {self.emb_layers}")
             layers = _standardise(self.layers_norm, layers.flatten(1)).view_as(layers)
-            w = torch.softmax(self.layer_weights, 0).to(layers.dtype)
-            parts.append((layers * w[None, :, None]).sum(1))
+            if self.layer_mix == "concat":
+                parts.append(layers.flatten(1))
+            else:
+                w = torch.softmax(self.layer_weights, 0).to(layers.dtype)
+                parts.append((layers * w[None, :, None]).sum(1))
         if self.vec_dim:
             parts.append(_standardise(self.vec_norm, batch["speech_vec"]))
         if self.frame_pool is not None:

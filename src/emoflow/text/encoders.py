@@ -211,10 +211,14 @@ def load_text_encoder(spec: dict[str, Any]):
     """Return (tokenizer, transformers model) for a text encoder spec (see module docstring)."""
     if not isinstance(spec, dict):
         raise EncoderLoadError(f"text encoder spec must be a dict, got {type(spec).__name__}")
-    unknown = set(spec) - {"source", "init", "config", "config_dict", "family", "tokenizer", "pool"}
+    unknown = set(spec) - {"source", "init", "config", "config_dict", "family", "tokenizer", "pool", "freeze"}
     if unknown:
         raise EncoderLoadError(f"unknown text encoder spec keys: {sorted(unknown)}")
     model = build_hf_model(spec)
+    if spec.get("freeze"):  # a frozen feature extractor: no gradients, dropout off
+        model.requires_grad_(False)
+        model.eval()
+        model.train = lambda mode=True: model  # stays in eval mode when the outer model trains
     tok_source = spec.get("tokenizer", None)
     if tok_source is False:
         tokenizer = None
