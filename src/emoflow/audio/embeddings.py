@@ -22,6 +22,12 @@ pooled is their mean over real frames. Text (``kind="text"``) uses
 ``emoflow.text.encoders.load_text_encoder`` on ``utt.text``; frames are token states, pooled
 is the attention-masked mean (sentence-transformers style). A random ``init`` is seeded
 (``seed``, in the hash) so cached and recomputed values agree.
+
+``stats=True`` (in the hash only when set) also stores "std" [H] (frame standard deviation) and,
+for encoders exposing every layer (``layer_states``: the "ct2-whisper:..." torch engine),
+"layers_mean" / "layers_std" [L, H]; backends with their own utterance vector (``pooled``:
+resemblyzer's GE2E embedding) store it as "backend_pooled". Offline backends:
+``emoflow.audio.encoders`` ("ct2-whisper:<folder|tiny.en|base>", "resemblyzer").
 """
 
 from __future__ import annotations
