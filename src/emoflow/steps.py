@@ -253,13 +253,14 @@ def fingerprint(manifest: str, *, architectures: Sequence[str] = (), preset: str
 
 
 def evaluate(predictions: str, out_dir: str, *, metrics_artifact=None, classification_artifact=None,
-             corpus: str = "", protocol: str = "strict") -> dict:
+             corpus: str = "", protocol: str | None = None) -> dict:
     """Fold predictions → metrics (per fold, mean ± std, pooled), report, confusion PNG, KFP metrics."""
     from emoflow.evaluation.metrics import aggregate
     from emoflow.evaluation.report import write_report
 
     pred = json.loads(Path(predictions).read_text())
     labels, arch = pred["labels"], pred["arch"]
+    protocol = protocol or pred.get("protocol", "strict")
     folds = {name: {"y_true": f["y_true"], "y_pred": f["y_pred"]} for name, f in pred["folds"].items()}
     result = aggregate(folds, labels)
     out = Path(out_dir)
@@ -452,7 +453,7 @@ def score(model_ref: str, corpus: str, source: str, store: str, out_dir: str, *,
     y_true = [labels[i] for i in pred["labels"]]
     y_pred = [labels[i] for i in pred["probs"].argmax(1)]
     metrics = compute_metrics(y_true, y_pred, labels)
-    entry = {"folds": {"all": metrics}, "mean": {k: metrics[k] for k in ("ua", "wa", "wf1", "mf1")},
+    entry = {"folds": {"all": metrics}, "n_folds": 1, "mean": {k: metrics[k] for k in ("ua", "wa", "wf1", "mf1")},
              "std": {k: 0.0 for k in ("ua", "wa", "wf1", "mf1")}, "pooled": metrics, "labels": labels}
     paths = write_report({f"{name}/{version}": entry}, out, corpus=corpus, protocol="strict",
                          title=f"{name}/{version} on {corpus}")

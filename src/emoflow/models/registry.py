@@ -175,9 +175,17 @@ def count_preset(arch: str, name: str) -> dict:
         "encoders": parts,
         "rest": total - sum(parts.values()),  # everything outside the pretrained encoders
         "speech_frontend": param_count(model.speech_frontend()) if hasattr(model, "speech_frontend") else None,
-        "reference": REFERENCES.get(arch, "") if name == "paper" else "CI size, random init",
+        "reference": REFERENCES.get(arch, "") if name == "paper" else PRESET_ROLES.get(name, ""),
         "note": "4 classes assumed for the output layer",
     }
+
+
+PRESET_ROLES = {
+    "tiny": "CI size, random init",
+    "demo": "tiny speech branch + frozen offline MiniLM text encoder",
+    "offline": "offline encoders (Whisper / GE2E / MiniLM / MPNet), no hub needed",
+    "offline-speech": "speech only, cached offline encoders",
+}
 
 
 def describe_presets() -> list[dict]:

@@ -151,6 +151,8 @@ def run_training(
         "labels": labels,
         "train_config": cfg.__dict__,
         "fold_scheme": fold_scheme,
+        # speaker-normalised features use test speakers' unlabelled statistics: its own protocol
+        "protocol": "speaker-normalised" if any(u.extra.get("speaker_norm") for u in utterances) else "strict",
         "folds": results,
         "run_key": run_key,
         "device": str(dev),
@@ -270,5 +272,6 @@ def _run_key(arch: str, preset: dict, cfg: TrainConfig, labels: list[str], utter
     """Content key of a training run: checkpoints and fold parts are only reused within one key."""
     return config_hash({
         "arch": arch, "preset": preset, "train": cfg.__dict__, "labels": labels,
-        "data": sorted((u.id, u.label, u.extra.get("logmel"), u.text) for u in utterances),
+        "data": sorted((u.id, u.label, u.extra.get("logmel"), u.text, json.dumps(u.extra.get("embeddings"), sort_keys=True),
+                        u.extra.get("speaker_norm")) for u in utterances),
     })
