@@ -101,7 +101,7 @@ class SpeechEncoder(nn.Module):
         return self._select(out)
 
     def forward(self, wave: torch.Tensor, wave_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from emoflow.models.base import lengths_from_mask, time_mask
+        from emoflow.audio.masks import lengths_from_mask, time_mask
 
         lengths = lengths_from_mask(wave_mask, "wave_mask")
         if self.normalize:
@@ -402,7 +402,7 @@ class WhisperSpeechEncoder(nn.Module):
 
     def layer_states(self, wave: torch.Tensor, wave_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every hidden state: ([B, L, T, H], frame_mask [B, T]); L = 1 for the ctranslate2 engine."""
-        from emoflow.models.base import lengths_from_mask, time_mask
+        from emoflow.audio.masks import lengths_from_mask, time_mask
 
         lengths = lengths_from_mask(wave_mask, "wave_mask")
         frames = self.frame_lengths(lengths)
@@ -510,14 +510,14 @@ class ResemblyzerSpeechEncoder(nn.Module):
         return wave * gain.clamp(min=1.0)  # resemblyzer increases only
 
     def _prepared(self, wave, wave_mask):
-        from emoflow.models.base import lengths_from_mask
+        from emoflow.audio.masks import lengths_from_mask
 
         lengths = lengths_from_mask(wave_mask, "wave_mask")
         wave = torch.stack([self._normalize_volume(w * m, int(n)) for w, m, n in zip(wave, wave_mask, lengths)])
         return wave, lengths
 
     def forward(self, wave: torch.Tensor, wave_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from emoflow.models.base import time_mask
+        from emoflow.audio.masks import time_mask
 
         wave, lengths = self._prepared(wave, wave_mask)
         frames = self.frame_lengths(lengths)
