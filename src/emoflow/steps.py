@@ -155,6 +155,17 @@ def train(
     return result
 
 
+def publish_training(work_dir: str, model_dir: str, predictions_path: str) -> None:
+    """Move a training run's outputs (``model/``, ``train.json``, ``predictions.json``) into the
+    KFP artifact paths of the train/finalize components, and remove the work folder."""
+    work, target = Path(work_dir), Path(model_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(work / "model", target / "model", dirs_exist_ok=True)
+    shutil.copy(work / "train.json", target / "train.json")
+    shutil.copy(work / "predictions.json", predictions_path)
+    shutil.rmtree(work)
+
+
 def plan_folds(manifest: str, *, fold_scheme: str = "logo", n_folds: int = 0, seed: int = 0) -> list[str]:
     """Fold names of the cross-validation plan (what the per-fold fan-out iterates over)."""
     from emoflow.evaluation.folds import make_folds
