@@ -26,7 +26,9 @@ import numpy as np
 from emoflow.config import config_hash
 from emoflow.corpora import Utterance
 from emoflow.training.data import load_items
-from emoflow.training.trainer import Checkpointer, TrainConfig, final_epochs, fit, pick_device, predict, seed_everything
+from emoflow.training.trainer import (
+    Checkpointer, TrainConfig, final_epochs, fit, pick_device, predict, seed_everything, unweighted_accuracy,
+)
 
 log = logging.getLogger("emoflow.training")
 
@@ -142,7 +144,7 @@ def run_training(
             "val_groups": list(fold.val_groups),
             "fusion": fusion,
         }
-        ua = float(np.mean([np.mean(y_pred[pred["labels"] == c] == c) for c in np.unique(pred["labels"])]))
+        ua = unweighted_accuracy(pred["labels"], y_pred)
         log.info("%s %s: test UA %.1f (best epoch %d)", arch, fold.name, ua * 100, res.best_epoch)
 
     summary = {
