@@ -24,6 +24,8 @@ from pathlib import Path
 
 from emoflow.config import home, load_yaml, store_uri
 
+LOCAL_PARALLEL_TASKS = 2  # what kfp.local's SubprocessRunner runs at once
+
 RUN_DEFAULTS = {
     "corpus": "demo",
     "source": "",
@@ -132,6 +134,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("NUMBA_CACHE_DIR", str(home() / "numba"))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # kfp.local runs up to LOCAL_PARALLEL_TASKS tasks at once: share the cores instead of
+    # oversubscribing them (two 2-thread tasks on 2 cores made small models' epochs 30x slower)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // LOCAL_PARALLEL_TASKS)))
     cfg = _run_config(args)
     training = _import_pipelines()
     from kfp import local

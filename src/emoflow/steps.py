@@ -107,15 +107,13 @@ def features(manifest_in: str, manifest_out: str, store: str, feature_config: di
     result = {"utterances": len(utts), "feature_config": cfg.__dict__, "config_hash": config_hash(cfg.__dict__)}
     encoders = given.get("encoders") or []
     if encoders:
-        from emoflow.audio.embeddings import compute_embeddings
+        from emoflow.audio.embeddings import attach_embeddings, speech_caches
 
-        options = {"stats": True, "store_frames": False, **(given.get("embedding_options") or {})}
         result["embeddings"] = []
-        for enc in encoders:
-            spec = {"source": enc} if isinstance(enc, str) else dict(enc)
+        for cache in speech_caches(given, st):  # the predictor builds the same caches (online use)
             summary: dict = {}
-            utts = compute_embeddings(utts, st, spec, "speech", summary=summary, **options)
-            result["embeddings"].append({"encoder": spec, **summary})
+            utts = attach_embeddings(utts, cache, summary=summary)
+            result["embeddings"].append({"encoder": cache.encoder, **summary})
     if given.get("speaker_norm"):
         if not encoders:
             raise ValueError("feature_config speaker_norm needs encoders (it normalises cached embeddings)")

@@ -126,6 +126,30 @@ def test_speaker_groups_never_share_a_speaker(utts, n_folds, seed, val):
     assert [f.to_dict() for f in again] == [f.to_dict() for f in folds]
 
 
+@SETTINGS
+@given(groupings(min_sessions=3), st.integers(0, 5), st.sampled_from(["one_group", "share"]),
+       st.integers(1, 4))
+def test_val_rotation_keeps_test_parts_and_moves_validation(utts, seed, val, rotation):
+    """Seed-ensemble members: same test parts, validation still from the training groups only."""
+    idx = by_id(utts)
+    try:
+        base = make_folds(utts, scheme="logo", seed=seed, val=val)
+    except FoldError:
+        return
+    rotated = make_folds(utts, scheme="logo", seed=seed, val=val, val_rotation=rotation)
+    assert [f.name for f in rotated] == [f.name for f in base]
+    for f, g in zip(base, rotated):
+        check_partition(g, utts)
+        assert g.test_ids == f.test_ids and g.test_groups == f.test_groups
+        test_s = set(g.test_groups)
+        assert not ({idx[i].session for i in g.val_ids} & test_s)
+        assert not ({idx[i].session for i in g.train_ids} & test_s)
+    sessions = sorted({u.session for u in utts})
+    if val == "one_group" and rotation % (len(sessions) - 1):
+        # another training group holds validation in every fold
+        assert all(f.val_groups != g.val_groups for f, g in zip(base, rotated))
+
+
 def test_iemocap_like_logo_has_five_named_folds():
     utts = corpus_from([(f"Ses0{s}", f"Ses0{s}{g}") for s in range(1, 6) for g in "FM" for _ in range(3)])
     folds = make_folds(utts)

@@ -47,3 +47,62 @@ def register_tiny_model(store_dir, name: str = "emoflow", arch: str = "a1") -> s
     version = registry.register(name, files, {"arch": arch, "metric_value": 0.25})
     registry.promote(name, version, "production")
     return store_uri
+
+
+# ---- speech_emb models: a tiny corpus, the features step with real (tiny) encoders, training ----
+WHISPER = {"source": "ct2-whisper:tiny.en", "engine": "torch", "layer": "last"}  # layer statistics
+W2V = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+       "conv_dim": [16, 16, 16], "conv_kernel": [10, 3, 3], "conv_stride": [5, 4, 4],
+       "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2, "mask_time_prob": 0.0,
+       "layerdrop": 0.0, "feat_extract_norm": "layer", "do_stable_layer_norm": True}
+# two random-init vector encoders, listed against their cache hash order (training sees hash order)
+EMB_ENCODERS = [WHISPER, {"source": "wav2vec2", "init": "random", "config": {**W2V, "hidden_size": 16}},
+                {"source": "wav2vec2", "init": "random", "config": W2V}]
+EMB_LABELS = ["angry", "sad"]
+
+
+def write_emb_corpus(root, speakers: int = 3, per_speaker: int = 4) -> list:
+    """Short float WAV clips (decoded identically by the features step and the predictor)."""
+    from emoflow.corpora import Utterance
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    utts = []
+    for i in range(speakers * per_speaker):
+        spk = f"s{i % speakers}"
+        t = np.arange(int(16000 * (0.5 + 0.07 * i))) / 16000
+        wave = (0.1 + 0.05 * (i % 3)) * np.sin(2 * np.pi * (110 + 35 * i) * t) + 0.01 * rng.normal(size=t.size)
+        path = root / f"u{i}.wav"
+        sf.write(path, wave.astype(np.float32), 16000, subtype="FLOAT")
+        utts.append(Utterance(id=f"u{i}", audio=str(path), text="", label=EMB_LABELS[i % 2], speaker=spk,
+                              session=spk, corpus="toy"))
+    return utts
+
+
+def emb_preset(layers: int, layer_dim: int, vec_dim: int, frame_dim: int = 0) -> dict:
+    e = {"layers": layers, "layer_dim": layer_dim, "vec_dim": vec_dim}
+    if frame_dim:
+        e["frame_dim"] = frame_dim
+    return {"arch": "a3", "name": "tiny-emb", "inputs": ["speech_emb"],
+            "model": {"speech_emb": {**e, "pool_hidden": 8}, "speech_hidden": 16, "mlp_hidden": [8], "dropout": 0.1},
+            "train": {"optimizer": "adamw", "lr": 1e-3, "batch_size": 4, "epochs": 1}}
+
+
+def train_emb_model(root, utts, feature_config: dict, preset_for) -> tuple:
+    """Features step (cached embeddings) then training on them, as the pipeline runs them; returns
+    (run folder holding model/, the features manifest, the store). ``preset_for(item)`` builds the
+    preset from one loaded item (its array shapes)."""
+    from emoflow import steps
+    from emoflow.corpora import read_manifest, write_manifest
+    from emoflow.training.data import load_items
+
+    root.mkdir(parents=True, exist_ok=True)
+    write_manifest(root / "in.jsonl", utts)
+    store = open_store(str(root.parent / "store"))
+    steps.features(str(root / "in.jsonl"), str(root / "features.jsonl"), store.uri(""), feature_config)
+    manifest = read_manifest(root / "features.jsonl")
+    item = load_items(manifest[:1], store, EMB_LABELS, {"speech_emb"})[0]
+    preset = preset_for(item)
+    steps.train(str(root / "features.jsonl"), store.uri(""), "a3", preset, str(root / "run"), epochs=1,
+                feature_config=feature_config, progress=False)
+    return root / "run", manifest, store

@@ -4,23 +4,10 @@ import json
 
 import pytest
 
-from emoflow.audio.features import extract_features
-from emoflow.audio.logmel import LogMelConfig
-from emoflow.corpora.synthetic import generate_demo_corpus, read_demo
 from emoflow.models import list_presets, load_model
-from emoflow.storage import open_store
 from emoflow.training.run import run_training
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    generate_demo_corpus(root / "corpus", sessions=3, speakers_per_session=1, utterances_per_speaker=8)
-    store = open_store(str(root / "store"))
-    utts = extract_features(read_demo(root / "corpus"), store, LogMelConfig())
-    return utts, store, root
 
 
 @pytest.mark.parametrize("arch", sorted({a for a, name in list_presets() if name == "tiny"}))

@@ -28,6 +28,10 @@ for encoders exposing every layer (``layer_states``: the "ct2-whisper:..." torch
 "layers_mean" / "layers_std" [L, H]; backends with their own utterance vector (``pooled``:
 resemblyzer's GE2E embedding) store it as "backend_pooled". Offline backends:
 ``emoflow.audio.encoders`` ("ct2-whisper:<folder|tiny.en|base>", "resemblyzer").
+
+Online (the predictor): ``speech_caches(feature_config)`` builds the caches of a run with the same
+specs, options and seed, ``cache.load()`` loads the encoder and ``cache.embed(waves)`` gives the
+dicts the cache would store (``load_encoder`` and ``embed_batch`` are the shared pieces).
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ from emoflow.corpora.record import Utterance
 
 PREFIX = "embeddings"
 KINDS = ("speech", "text")
+# embedding options of the features step when feature_config.embedding_options leaves them out
+DEFAULT_OPTIONS = {"stats": True, "store_frames": False}
 
 # utterances forwarded through each encoder (by key hash) in this process
 FORWARD_COUNTS: Counter = Counter()
@@ -116,63 +122,31 @@ class EmbeddingCache:
         with _LOCK:
             cached = _ENCODERS.get(slot)
             if cached is None:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(self.input_cfg["seed"])
-                    if self.kind == "speech":
-                        from emoflow.audio.encoders import load_speech_encoder
-
-                        cached = (None, load_speech_encoder(self.encoder))
-                    else:
-                        from emoflow.text.encoders import load_text_encoder
-
-                        tokenizer, model = load_text_encoder(self.encoder)
-                        if tokenizer is None:
-                            raise EmbeddingError(f"text encoder {self.encoder.get('source')!r} has no tokenizer")
-                        cached = (tokenizer, model)
-                cached = (cached[0], cached[1].eval().requires_grad_(False).to(self.device))
+                cached = load_encoder(self.encoder, self.kind, seed=self.input_cfg["seed"], device=self.device)
                 _ENCODERS[slot] = cached
         return cached
 
-    def _forward(self, items: list[tuple[Utterance, object]]) -> list[dict[str, np.ndarray]]:
+    def load(self) -> "EmbeddingCache":
+        """Load the encoder now (once per process); EmbeddingError naming the source when it cannot be."""
+        try:
+            self._model()
+        except EmbeddingError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (missing folders, assets, bad specs: all named)
+            raise EmbeddingError(f"{self.kind} encoder {self.encoder.get('source')!r} could not be loaded: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        return self
+
+    def embed(self, inputs: list) -> list[dict[str, np.ndarray]]:
+        """Embedding dicts of raw inputs (16 kHz waves or texts), in order, exactly as they are
+        cached; nothing is read from or written to the store."""
         tokenizer, model = self._model()
-        extra: dict[str, torch.Tensor] = {}  # per-utterance extras: layer stats, backend pooled
-        with torch.inference_mode():
-            if self.kind == "speech":
-                lengths = [len(w) for _, w in items]
-                wave = torch.zeros(len(items), max(lengths))
-                for i, (_, w) in enumerate(items):
-                    wave[i, : len(w)] = torch.from_numpy(w)
-                mask = torch.arange(wave.shape[1])[None, :] < torch.tensor(lengths)[:, None]
-                wave, mask = wave.to(self.device), mask.to(self.device)
-                if self.input_cfg.get("stats") and hasattr(model, "layer_states"):
-                    states, fmask = model.layer_states(wave, mask)
-                    frames = model.combine(states)
-                    extra.update(_masked_stats(states, fmask[:, None, :], dim=2, prefix="layers_"))
-                else:
-                    frames, fmask = model(wave, mask)
-                if hasattr(model, "pooled"):  # backend-specific utterance vector (GE2E)
-                    extra["backend_pooled"] = model.pooled(wave, mask)
-            else:
-                enc = tokenizer([t for _, t in items], padding=True, truncation=True,
-                                max_length=self.input_cfg["max_length"], return_tensors="pt")
-                enc = {k: v.to(self.device) for k, v in enc.items()}
-                frames = model(**enc).last_hidden_state
-                fmask = enc["attention_mask"].bool()
-            m = fmask.unsqueeze(-1).to(frames.dtype)
-            pooled = (frames * m).sum(1) / m.sum(1).clamp(min=1)
-            if self.input_cfg.get("stats"):
-                extra["std"] = _masked_stats(frames, fmask, dim=1)["std"]
-            extra = {k: v.float().cpu().numpy() for k, v in extra.items()}
-            frames, pooled, n = frames.float().cpu().numpy(), pooled.float().cpu().numpy(), fmask.sum(1).tolist()
-        FORWARD_COUNTS[self.key_hash] += len(items)
-        out = []
-        for i in range(len(items)):
-            d = {"pooled": np.ascontiguousarray(pooled[i])}
-            d.update({k: np.ascontiguousarray(v[i]) for k, v in extra.items()})
-            if self.input_cfg["frames"]:
-                d["frames"] = np.ascontiguousarray(frames[i, : int(n[i])])
-            out.append(d)
+        out = embed_batch(tokenizer, model, inputs, self.kind, self.input_cfg, self.device)
+        FORWARD_COUNTS[self.key_hash] += len(inputs)
         return out
+
+    def _forward(self, items: list[tuple[Utterance, object]]) -> list[dict[str, np.ndarray]]:
+        return self.embed([x for _, x in items])
 
     # ---- public ---------------------------------------------------------------------------
     def ensure(self, utterances: list[Utterance], quarantine: list | None = None,
@@ -269,6 +243,78 @@ def _masked_stats(x: torch.Tensor, mask: torch.Tensor, dim: int, prefix: str = "
     return {prefix + "mean": mean, prefix + "std": var.clamp(min=0).sqrt()}
 
 
+def load_encoder(encoder: dict, kind: str = "speech", *, seed: int = 0, device=None) -> tuple:
+    """(tokenizer or None, model) of an encoder spec: random inits seeded with ``seed`` (so
+    recomputed values match cached ones), eval mode, frozen, on ``device``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if kind == "speech":
+            from emoflow.audio.encoders import load_speech_encoder
+
+            tokenizer, model = None, load_speech_encoder(encoder)
+        else:
+            from emoflow.text.encoders import load_text_encoder
+
+            tokenizer, model = load_text_encoder(encoder)
+            if tokenizer is None:
+                raise EmbeddingError(f"text encoder {encoder.get('source')!r} has no tokenizer")
+    return tokenizer, model.eval().requires_grad_(False).to(torch.device(device or default_device()))
+
+
+def embed_batch(tokenizer, model, inputs: list, kind: str, input_cfg: dict, device=None) -> list[dict[str, np.ndarray]]:
+    """One padded forward of a loaded encoder over ``inputs`` (float32 16 kHz waves for speech,
+    strings for text): per input {"pooled", "frames" (when input_cfg["frames"]), and with
+    input_cfg["stats"] "std", "layers_mean"/"layers_std" or "backend_pooled" where the encoder has them}."""
+    device = torch.device(device or default_device())
+    extra: dict[str, torch.Tensor] = {}  # per-input extras: layer stats, backend pooled
+    with torch.inference_mode():
+        if kind == "speech":
+            lengths = [len(w) for w in inputs]
+            wave = torch.zeros(len(inputs), max(lengths))
+            for i, w in enumerate(inputs):
+                wave[i, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
+            mask = torch.arange(wave.shape[1])[None, :] < torch.tensor(lengths)[:, None]
+            wave, mask = wave.to(device), mask.to(device)
+            if input_cfg.get("stats") and hasattr(model, "layer_states"):
+                states, fmask = model.layer_states(wave, mask)
+                frames = model.combine(states)
+                extra.update(_masked_stats(states, fmask[:, None, :], dim=2, prefix="layers_"))
+            else:
+                frames, fmask = model(wave, mask)
+            if hasattr(model, "pooled"):  # backend-specific utterance vector (GE2E)
+                extra["backend_pooled"] = model.pooled(wave, mask)
+        else:
+            enc = tokenizer(list(inputs), padding=True, truncation=True,
+                            max_length=input_cfg["max_length"], return_tensors="pt")
+            enc = {k: v.to(device) for k, v in enc.items()}
+            frames = model(**enc).last_hidden_state
+            fmask = enc["attention_mask"].bool()
+        m = fmask.unsqueeze(-1).to(frames.dtype)
+        pooled = (frames * m).sum(1) / m.sum(1).clamp(min=1)
+        if input_cfg.get("stats"):
+            extra["std"] = _masked_stats(frames, fmask, dim=1)["std"]
+        extra = {k: v.float().cpu().numpy() for k, v in extra.items()}
+        frames, pooled, n = frames.float().cpu().numpy(), pooled.float().cpu().numpy(), fmask.sum(1).tolist()
+    out = []
+    for i in range(len(inputs)):
+        d = {"pooled": np.ascontiguousarray(pooled[i])}
+        d.update({k: np.ascontiguousarray(v[i]) for k, v in extra.items()})
+        if input_cfg["frames"]:
+            d["frames"] = np.ascontiguousarray(frames[i, : int(n[i])])
+        out.append(d)
+    return out
+
+
+def speech_caches(feature_config: dict, store=None, **overrides) -> list[EmbeddingCache]:
+    """The speech EmbeddingCaches a run's feature_config asks for (``encoders``: specs or source
+    strings, in order; ``embedding_options``: EmbeddingCache options over the defaults
+    ``DEFAULT_OPTIONS``); ``overrides`` (e.g. device) replace options. ``store`` None: online use
+    (``embed``) only."""
+    options = {**DEFAULT_OPTIONS, **(feature_config.get("embedding_options") or {}), **overrides}
+    return [EmbeddingCache(store, {"source": enc} if isinstance(enc, str) else dict(enc), "speech", **options)
+            for enc in feature_config.get("encoders") or []]
+
+
 def compute_embeddings(utterances: list[Utterance], store, encoder: dict, kind: str = "speech", *,
                        quarantine: list | None = None, summary: dict | None = None, **options) -> list[Utterance]:
     """Pipeline-step form: embeddings for all utterances; ``extra["embeddings"][key_hash]`` = key.
@@ -276,7 +322,13 @@ def compute_embeddings(utterances: list[Utterance], store, encoder: dict, kind: 
     Options are those of EmbeddingCache. Returns new records; quarantined ones are left out
     (and listed in ``quarantine``); utterances without input pass through unchanged.
     """
-    cache = EmbeddingCache(store, encoder, kind, **options)
+    return attach_embeddings(utterances, EmbeddingCache(store, encoder, kind, **options), quarantine=quarantine,
+                             summary=summary)
+
+
+def attach_embeddings(utterances: list[Utterance], cache: EmbeddingCache, *, quarantine: list | None = None,
+                      summary: dict | None = None) -> list[Utterance]:
+    """`compute_embeddings` with a ready EmbeddingCache (e.g. one of `speech_caches`)."""
     keys = cache.ensure(utterances, quarantine=quarantine, summary=summary)
     bad = {q["id"] for q in quarantine or [] if q.get("step") == "embeddings"}
     out = []

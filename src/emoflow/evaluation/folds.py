@@ -207,7 +207,7 @@ def _auto_unit(val_unit: str, utts: Sequence[Utterance], scheme: str) -> str:
 # ----------------------------------------------------------------------------- schemes
 
 
-def _group_folds(utts, scheme, n_folds, seed, val, val_share, val_unit) -> list[Fold]:
+def _group_folds(utts, scheme, n_folds, seed, val, val_share, val_unit, rotation: int = 0) -> list[Fold]:
     of, keys, names = _group_of(utts, scheme, n_folds, seed)
     n = len(keys)
     if n < 2:
@@ -227,13 +227,13 @@ def _group_folds(utts, scheme, n_folds, seed, val, val_share, val_unit) -> list[
         train_pool = [u for u in utts if of[u.id] != test_key]
         if val == "one_group":
             # the validation group cycles with the test group; the seed shifts the offset
-            offset = 1 + (int(seed) % (n - 1))
+            offset = 1 + ((int(seed) + int(rotation)) % (n - 1))
             val_key = keys[(i + offset) % n]
             val_set = {u.id for u in train_pool if of[u.id] == val_key}
             val_groups, used_unit = list(names[val_key]), group_unit
             train_keys = [k for k in train_keys if k != val_key]
         else:
-            rng = np.random.default_rng([int(seed), i])
+            rng = np.random.default_rng([int(seed), i] + ([int(rotation)] if rotation else []))
             where = f"fold {i + 1} (test {', '.join(names[test_key])})"
             val_set, val_groups = _carve_share(train_pool, unit, val_share, rng, where)
             used_unit = unit
@@ -271,16 +271,16 @@ def _split_roles(utts: Sequence[Utterance]) -> dict[str, list[Utterance]]:
     return roles
 
 
-def _carve_from_train(train: list[Utterance], val_share, val_unit, seed, where):
+def _carve_from_train(train: list[Utterance], val_share, val_unit, seed, where, rotation: int = 0):
     """Validation carved from the official train split (no dev split available): a share of
     whole dialogues or speakers (``val_unit``), whatever the ``val`` mode."""
-    rng = np.random.default_rng([int(seed), 0])
+    rng = np.random.default_rng([int(seed), 0] + ([int(rotation)] if rotation else []))
     unit = _auto_unit(val_unit, train, "official")
     ids, names = _carve_share(train, unit, val_share, rng, where)
     return ids, names, unit
 
 
-def _official_fold(utts, n_folds, seed, val, val_share, val_unit) -> list[Fold]:
+def _official_fold(utts, n_folds, seed, val, val_share, val_unit, rotation: int = 0) -> list[Fold]:
     if n_folds not in (None, 1):
         raise FoldError(f"scheme 'official' makes exactly one fold; n_folds={n_folds!r}")
     roles = _split_roles(utts)
@@ -294,7 +294,7 @@ def _official_fold(utts, n_folds, seed, val, val_share, val_unit) -> list[Fold]:
         held = test or dev
         test_groups = ["test" if test else "dev"]
         ids, val_groups, unit = _carve_from_train(train, val_share, val_unit, seed,
-                                                  "official split (validation from train)")
+                                                  "official split (validation from train)", rotation)
         val_ids = [u.id for u in train if u.id in ids]
         train_ids = [u.id for u in train if u.id not in ids]
         test_ids = [u.id for u in held]
@@ -314,6 +314,7 @@ def make_folds(
     val: str = "one_group",
     val_share: float = 0.15,
     val_unit: str = "auto",
+    val_rotation: int = 0,
 ) -> list[Fold]:
     """Build evaluation folds.
 
@@ -331,14 +332,17 @@ def make_folds(
         (or dialogues/sessions, ``val_unit``) so validation is speaker-disjoint from training.
     val_unit: "auto" (speaker; dialogue for official splits when every utterance has one),
       "speaker", "dialogue" or "session".
+    val_rotation: another validation part from the same training groups, test parts unchanged
+      (``one_group``: the next training group; ``share``: another draw). Seed-ensemble members
+      k = 1, 2, ... use rotation k, so each is selected on different held-out training speakers.
     """
     if scheme not in SCHEMES:
         raise FoldError(f"unknown fold scheme {scheme!r}; expected one of {SCHEMES}")
     _check_val(val, val_share, val_unit)
     utts = _as_utterances(utterances)
     if scheme == "official":
-        return _official_fold(utts, n_folds, seed, val, val_share, val_unit)
-    return _group_folds(utts, scheme, n_folds, seed, val, val_share, val_unit)
+        return _official_fold(utts, n_folds, seed, val, val_share, val_unit, val_rotation)
+    return _group_folds(utts, scheme, n_folds, seed, val, val_share, val_unit, val_rotation)
 
 
 def final_fit_split(

@@ -4,6 +4,7 @@ Architecture modules are imported on first use (build_model / get_arch).
 """
 
 from emoflow.models.base import EmotionModel, build_optimizers
+from emoflow.models.ensemble import SeedEnsemble, ensemble_size
 from emoflow.models.registry import (
     build_model,
     describe_presets,
@@ -20,9 +21,11 @@ from emoflow.models.registry import (
 
 __all__ = [
     "EmotionModel",
+    "SeedEnsemble",
     "build_model",
     "build_optimizers",
     "describe_presets",
+    "ensemble_size",
     "format_presets",
     "get_arch",
     "list_archs",

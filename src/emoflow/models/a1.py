@@ -8,6 +8,24 @@ Text: BERT -> FC (100) -> Bi-GRU (hidden 100) over the utterances of a dialogue 
 Fusion: F_s, F_t projected to n=250; L = tanh(P F), v = softmax(w^T L), M = F v^T -> FC -> logits.
 v is returned as "modality_weights" [B,2] (audio, text).
 
+Preset options beyond the paper:
+
+- ``inputs: [text]``: text only (e.g. MELD without media); the speech branch is not built, the
+  modes are "both" (= text) and "text", and "modality_weights" is always (0, 1);
+- ``model.text.context``: ``dialogue`` (default: the Bi-GRU over the dialogue) or ``none`` (no
+  GRU: FC -> FC, each utterance on its own); ``text.residual: true`` feeds the FC after the GRU
+  with [GRU output, GRU input]; ``text.norm: true`` puts a LayerNorm on the pooled encoder output;
+- ``model.text.cache: true`` (frozen text encoder only): the pooled encoder output of each distinct
+  token sequence is computed once and memoised on the model (not saved; at most
+  ``text.cache_size`` entries, emptied when full), so epochs after the first skip the encoder;
+  exact up to float rounding because a frozen encoder stays in eval mode (no dropout);
+- class-weighted loss: ``compute_loss(out, labels, class_weight=w)`` (the trainer passes the
+  preset's ``train.class_weights``, computed on the training part).
+
+The Bi-GRU only sees a dialogue's utterances together when batches hold whole dialogues in order:
+presets that use it on dialogue corpora set ``train.batch_by: dialogue`` (see
+``emoflow.training.data.DialogueBatchSampler``).
+
 Padding never changes outputs: padded time positions are zeroed before every convolution (so a
 padded clip sees the same zeros as the "same" padding of the unpadded clip), BatchNorm statistics
 in training use real positions only, pooling is masked, and the Bi-GRU runs on packed sequences.
@@ -107,6 +125,10 @@ def dialogue_context(gru: nn.GRU, x: torch.Tensor, dialogue: torch.Tensor | None
     return result
 
 
+INPUT_SETS = ({"logmel", "text"}, {"text"})
+CONTEXTS = ("dialogue", "none")
+
+
 @register("a1")
 class A1(EmotionModel):
     inputs = {"logmel", "text"}
@@ -114,19 +136,27 @@ class A1(EmotionModel):
 
     def __init__(self, preset: dict, labels: list[str]):
         super().__init__(preset, labels)
+        inputs = set(self.preset.get("inputs") or A1.inputs)
+        if inputs not in INPUT_SETS:
+            raise ValueError(f"a1: preset inputs must be [logmel, text] or [text], got {sorted(inputs)}")
+        self.inputs = inputs
+        self.modes = ("both", "audio", "text") if "logmel" in inputs else ("both", "text")
         m = self.preset["model"]
         dropout = float(m.get("dropout", 0.3))
-        n_mels = int(self.preset.get("features", {}).get("logmel", {}).get("n_mels", 128))
-        sp = m.get("speech", {})
-        self.speech = MelCNN(
-            n_mels,
-            parallel_kernels=sp.get("parallel_kernels", [[10, 2], [2, 8]]),
-            parallel_channels=int(sp.get("parallel_channels", 8)),
-            channels=sp.get("channels", [32, 48, 64, 80]),
-            pool_after=sp.get("pool_after", [0, 1]),
-            fc_dim=int(sp.get("fc_dim", 256)),
-            dropout=dropout,
-        )
+        if "logmel" in inputs:
+            n_mels = int(self.preset.get("features", {}).get("logmel", {}).get("n_mels", 128))
+            sp = m.get("speech", {})
+            self.speech = MelCNN(
+                n_mels,
+                parallel_kernels=sp.get("parallel_kernels", [[10, 2], [2, 8]]),
+                parallel_channels=int(sp.get("parallel_channels", 8)),
+                channels=sp.get("channels", [32, 48, 64, 80]),
+                pool_after=sp.get("pool_after", [0, 1]),
+                fc_dim=int(sp.get("fc_dim", 256)),
+                dropout=dropout,
+            )
+        else:
+            self.speech = None
         tx = m.get("text", {})
         spec = m["text_encoder"]
         self.tokenizer, self.text_encoder = load_text_encoder(spec)
@@ -134,19 +164,36 @@ class A1(EmotionModel):
         drop_unused_pooler(self.text_encoder, self.text_pooling)
         hidden = self.text_encoder.config.hidden_size
         t_dim = int(tx.get("fc_dim", 100))
+        # choice (not in the paper): LayerNorm on the pooled encoder output (frozen sentence vectors)
+        self.text_norm = nn.LayerNorm(hidden) if tx.get("norm", False) else None
         self.text_fc = nn.Linear(hidden, t_dim)
-        g_dim = int(tx.get("gru_hidden", 100))
-        self.gru = nn.GRU(t_dim, g_dim, batch_first=True, bidirectional=True)
-        self.text_out = nn.Linear(2 * g_dim, int(tx.get("out_dim", 100)))
+        self.context = tx.get("context", "dialogue")
+        if self.context not in CONTEXTS:
+            raise ValueError(f"a1: model.text.context must be one of {CONTEXTS}, got {self.context!r}")
+        # choice (not in the paper): text.residual concatenates the GRU input to its output
+        self.text_residual = bool(tx.get("residual", False)) and self.context == "dialogue"
+        if self.context == "dialogue":
+            g_dim = int(tx.get("gru_hidden", 100))
+            self.gru = nn.GRU(t_dim, g_dim, batch_first=True, bidirectional=True)
+            self.text_out = nn.Linear(2 * g_dim + (t_dim if self.text_residual else 0), int(tx.get("out_dim", 100)))
+        else:
+            self.gru = None
+            self.text_out = nn.Linear(t_dim, int(tx.get("out_dim", 100)))
+        self.cache_text = bool(tx.get("cache", False))
+        if self.cache_text and not spec.get("freeze"):
+            raise ValueError("a1: model.text.cache needs a frozen text encoder (text_encoder.freeze: true)")
+        self._text_memo: dict = {}
+        self.cache_size = int(tx.get("cache_size", 200_000))  # entries; the memo is emptied when full
         n = int(m.get("fusion_dim", 250))
-        self.proj_speech = nn.Linear(self.speech.out_dim, n)
+        # (modules are created in the original order: the same seed gives the same initial weights)
+        self.proj_speech = nn.Linear(self.speech.out_dim, n) if self.speech is not None else None
         self.proj_text = nn.Linear(self.text_out.out_features, n)
         self.P = nn.Linear(n, n, bias=False)
         self.w = nn.Linear(n, 1, bias=False)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(n, self.num_classes)
         if m.get("aux_heads", False):
-            self.audio_head = nn.Linear(n, self.num_classes)
+            self.audio_head = nn.Linear(n, self.num_classes) if self.speech is not None else None
             self.text_head = nn.Linear(n, self.num_classes)
         else:
             self.audio_head = self.text_head = None
@@ -154,22 +201,76 @@ class A1(EmotionModel):
     def encoders(self) -> dict[str, nn.Module]:
         return {"text_encoder": self.text_encoder}
 
+    def param_groups(self):
+        """One group (preset ``train``), or with ``train.groups`` a ``text_encoder`` group (e.g. a
+        small learning rate to fine-tune it) and a ``head`` group for everything else."""
+        if not self.preset.get("train", {}).get("groups"):
+            return super().param_groups()
+        encoder = list(self.text_encoder.parameters())
+        ids = {id(p) for p in encoder}
+        return self._groups_from_preset({"text_encoder": encoder,
+                                         "head": [p for p in self.parameters() if id(p) not in ids]})
+
     def speech_frontend(self) -> nn.Module:
-        return self.speech
+        return self.speech if self.speech is not None else nn.Module()  # text-only: no parameters
+
+    def compute_loss(self, out: dict, labels: torch.Tensor, class_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy (class-weighted when given) on "logits" + aux_weight x the same on the
+        per-modality logits."""
+        if class_weight is not None:
+            class_weight = class_weight.to(out["logits"].device, torch.float32)
+        loss = F.cross_entropy(out["logits"].float(), labels, weight=class_weight)
+        w = float(self.preset.get("model", {}).get("aux_weight", 0.0))
+        if w > 0:
+            for key in ("audio_logits", "text_logits"):
+                if key in out:
+                    loss = loss + w * F.cross_entropy(out[key].float(), labels, weight=class_weight)
+        return loss
+
+    def _encode_text(self, batch: dict) -> torch.Tensor:
+        """Pooled text encoder states [B, H]; memoised per token sequence with ``text.cache``."""
+        if not self.cache_text:
+            return encode_text(self.text_encoder, batch, self.text_pooling)
+        ids, att = batch["input_ids"], batch["attention_mask"]
+        keys = [tuple(row[: int(n)].tolist()) for row, n in zip(ids, att.sum(1))]
+        tag = (ids.device.type, torch.is_autocast_enabled())
+        todo = [i for i, k in enumerate(keys) if (tag, k) not in self._text_memo]
+        if todo:
+            if len(self._text_memo) + len(todo) > self.cache_size:
+                self._text_memo.clear()  # bounded (e.g. a served model sees ever new texts)
+            todo.sort(key=lambda i: len(keys[i]))  # similar lengths together: less padding
+            for start in range(0, len(todo), 32):
+                chunk = todo[start:start + 32]
+                sub = torch.tensor(chunk, device=ids.device)
+                length = max(len(keys[i]) for i in chunk)
+                with torch.no_grad():
+                    h = encode_text(self.text_encoder, {"input_ids": ids[sub, :length],
+                                                       "attention_mask": att[sub, :length]}, self.text_pooling)
+                for j, i in enumerate(chunk):
+                    self._text_memo[(tag, keys[i])] = h[j].float()
+        return torch.stack([self._text_memo[(tag, k)] for k in keys])
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._text_memo.clear()  # memoised encoder outputs belong to the old weights
+        return super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, batch: dict, mode: str = "both") -> dict:
         self.check(batch, mode)
         feats, out = [], {}
-        if mode in ("both", "audio"):
+        if mode in ("both", "audio") and self.speech is not None:
             s = self.speech(batch["logmel"], batch["logmel_mask"])
             f_s = self.dropout(F.relu(self.proj_speech(s)))
             feats.append(f_s)
             if self.audio_head is not None:
                 out["audio_logits"] = self.audio_head(f_s)
         if mode in ("both", "text"):
-            h = encode_text(self.text_encoder, batch, self.text_pooling)
+            h = self._encode_text(batch)
+            if self.text_norm is not None:
+                h = self.text_norm(h)
             h = self.dropout(F.relu(self.text_fc(h)))
-            h = dialogue_context(self.gru, h, batch.get("dialogue"))
+            if self.gru is not None:
+                g = dialogue_context(self.gru, h, batch.get("dialogue"))
+                h = torch.cat([g, h], dim=-1) if self.text_residual else g
             h = F.relu(self.text_out(self.dropout(h)))
             f_t = self.dropout(F.relu(self.proj_text(h)))
             feats.append(f_t)
@@ -180,7 +281,7 @@ class A1(EmotionModel):
         v = torch.softmax(scores, dim=1)
         M = (v.unsqueeze(-1) * Fm).sum(1)
         out["logits"] = self.classifier(self.dropout(M))
-        if mode == "both":
+        if mode == "both" and self.speech is not None:
             out["modality_weights"] = v
         else:
             one = torch.ones_like(v[:, 0])

@@ -5,7 +5,8 @@
     load_preset(arch, name) -> dict        (src/emoflow/models/presets/<arch>/<name>.yaml)
     list_presets() -> list[(arch, name)]
     save_model(model, dir) -> dir with model.safetensors, preset.json, labels.json, tokenizer/
-    load_model(dir) -> EmotionModel        (offline: encoders rebuilt from the saved configs)
+    load_model(dir) -> EmotionModel        (offline: encoders rebuilt from the saved configs;
+                                            a SeedEnsemble when the preset has train.ensemble > 1)
     param_count(model), describe_presets()
 """
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from emoflow.config import load_yaml
+from emoflow.models.ensemble import SeedEnsemble, ensemble_size
 
 PRESET_DIR = Path(__file__).parent / "presets"
 _REGISTRY: dict[str, type] = {}
@@ -132,7 +134,11 @@ def load_model(model_dir: str | Path, map_location: str = "cpu"):
             spec["init"] = "random"
         if key == "text_encoder":
             spec["tokenizer"] = str(d / "tokenizer") if (d / "tokenizer").exists() else False
-    model = build_model(preset["arch"], preset, labels)
+    n = ensemble_size(preset)
+    if n > 1:
+        model = SeedEnsemble([build_model(preset["arch"], preset, labels) for _ in range(n)])
+    else:
+        model = build_model(preset["arch"], preset, labels)
     st_load(model, str(d / "model.safetensors"), strict=True, device=map_location)
     model.eval()
     return model

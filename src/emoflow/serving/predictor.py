@@ -4,10 +4,20 @@ Requests:
 - V1 ``POST /v1/models/<name>:predict`` with ``{"instances": [{"audio": <base64 WAV/FLAC/MP3>,
   "text": "optional", "speaker": "optional"}]}``;
 - Open Inference Protocol v2 ``POST /v2/models/<name>/infer`` with BYTES inputs ``audio``
-  (base64 strings) and optional ``text``.
+  (base64 strings) and optional ``text`` and ``speaker``.
 
 Each answer gives the label, per-emotion probabilities, the model name and version, the mode
-(``audio+text``, ``audio-only`` or ``asr-text``) and the modality weights where the model has them.
+(``audio+text``, ``audio-only`` or ``asr-text``), the protocol (``strict`` or ``speaker-normalised``)
+and the modality weights where the model has them.
+
+Models on cached encoder embeddings (input ``speech_emb``, the ``offline`` presets) get them online:
+load() builds the run's encoders from ``model/feature_config.json`` (same specs, options and seed
+as the features step) and each batch runs them on the decoded audio, then assembles and collates
+the model inputs as training does. With speaker normalisation (on when the run's feature_config
+has ``speaker_norm``; ``--speaker_norm on|off`` forces it), a request's ``speaker`` adds the
+utterance to that speaker's running statistics (SpeakerStats: LRU, ``--max_speakers``,
+``--speaker_memory_mb``) and, from ``--min_speaker_utterances`` on, the embeddings are z-normalised
+with them (protocol ``speaker-normalised``); otherwise, or without a speaker, the protocol is strict.
 Client errors are 400s naming the problem (bodies over the limit: 413); audio is refused from its
 header when it declares more than the duration limit, before any sample is decoded.
 
@@ -29,6 +39,7 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
+import dataclasses
 import gc
 import io
 import json
@@ -51,14 +62,17 @@ log = logging.getLogger("emoflow.serving")
 
 # batch sizes the micro-batcher runs (lone requests on the fast path count as batches of 1)
 try:
-    from prometheus_client import Histogram
+    from prometheus_client import Counter, Histogram
 
     BATCH_SIZE = Histogram("emoflow_batch_size", "Instances per model batch run by the predictor",
                            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64))
+    # strict and speaker-normalised answers of one model differ in distribution: kept apart here
+    PROTOCOL_COUNT = Counter("emoflow_protocol", "Predictions answered, by protocol", ["model", "protocol"])
 except ValueError:  # module imported twice under two names: reuse nothing, record nothing
-    BATCH_SIZE = None
+    BATCH_SIZE = PROTOCOL_COUNT = None
 
 MODES = ("audio+text", "audio-only", "asr-text")
+SPEAKER_NORM = ("auto", "on", "off")
 
 
 def default_torch_threads() -> int:
@@ -84,6 +98,11 @@ class ServingConfig:
     channels_last: bool = True    # CPU convolutions run about 2x faster in NHWC
     fast_path: bool = True        # a lone request is decoded and run in one thread hop
     model_workers: int = 2        # batches run concurrently (each on torch_threads threads)
+    # speech_emb models: per-speaker normalisation ("auto": as the model's feature_config says)
+    speaker_norm: str = "auto"
+    max_speakers: int = 1000
+    min_speaker_utterances: int = 5
+    speaker_memory_mb: float = 64.0
 
     @property
     def max_body_bytes(self) -> int:
@@ -177,6 +196,11 @@ def _decode_av(data: bytes, max_seconds: float, sf_exc: Exception) -> tuple[np.n
     return mono, native
 
 
+def _rows(arrays: dict) -> set[str]:
+    """Statistics names whose rows each count (frames), as in emoflow.evaluation.normalization."""
+    return {k for k in arrays if k.endswith("|frames")}
+
+
 def resolve_model_dir(storage_uri: str, store_uri: str | None = None) -> tuple[Path, dict]:
     """Return a local folder holding the registered version, and its registry metadata."""
     from emoflow.config import home
@@ -225,7 +249,9 @@ class Instance:
     speaker: str | None = None
     wave: np.ndarray | None = None
     logmel: np.ndarray | None = None
+    emb: dict | None = None        # speech_emb models: assembled embedding inputs
     mode: str = "audio+text"
+    protocol: str = "strict"
     result: dict = field(default_factory=dict)
 
 
@@ -366,6 +392,8 @@ class EmotionPredictor(Model):
         self.version = "unknown"
         self.labels: list[str] = []
         self.feature_config = None
+        self.encoders: list = []         # EmbeddingCaches used online (speech_emb models)
+        self.speaker_stats = None        # SpeakerStats when speaker normalisation is on
         self.device = None
         self._lock = threading.Lock()   # guards the lazy ASR backend only
         self._asr = None
@@ -399,7 +427,11 @@ class EmotionPredictor(Model):
         if self.config.channels_last and torch.device(self.device).type == "cpu":
             model = model.to(memory_format=torch.channels_last)
         fc_path = path / "model" / "feature_config.json"
-        self.feature_config = LogMelConfig(**(json.loads(fc_path.read_text()) if fc_path.exists() else {}))
+        fc = json.loads(fc_path.read_text()) if fc_path.exists() else {}
+        known = {f.name for f in dataclasses.fields(LogMelConfig)}
+        self.feature_config = LogMelConfig(**{k: v for k, v in fc.items() if k in known})
+        if "speech_emb" in model.inputs:
+            self._load_encoders(fc, fc_path)
         self.labels = list(model.labels)
         self.version = str(meta.get("version") or meta.get("metadata", {}).get("version") or "unversioned")
         self.model = model
@@ -413,6 +445,59 @@ class EmotionPredictor(Model):
         self.ready = True
         log.info("loaded %s version %s from %s on %s", self.name, self.version, path, self.device)
         return self.ready
+
+    def _load_encoders(self, fc: dict, fc_path: Path) -> None:
+        """The run's speech encoders, loaded and frozen, and the speaker statistics when enabled."""
+        from emoflow.audio.embeddings import speech_caches
+        from emoflow.serving.speaker_stats import SpeakerStats
+
+        if self.config.speaker_norm not in SPEAKER_NORM:
+            raise ValueError(f"speaker_norm must be one of {SPEAKER_NORM}, got {self.config.speaker_norm!r}")
+        caches = speech_caches(fc, device=str(self.device), progress=False)
+        if not caches:
+            raise ValueError(f"{fc_path}: the model takes speech_emb but the feature config lists no 'encoders'")
+        # training reads extra["embeddings"] from manifests written with sorted keys: caches in hash order
+        self.encoders = sorted((c.load() for c in caches), key=lambda c: c.key_hash)
+        probe = np.random.default_rng(0).normal(0, 0.01, SAMPLE_RATE).astype(np.float32)
+        names = self._stat_arrays([(c.key_hash, c.embed([probe])[0]) for c in self.encoders])  # also a warm-up
+        on = bool(fc.get("speaker_norm")) if self.config.speaker_norm == "auto" else self.config.speaker_norm == "on"
+        self.speaker_stats = None
+        if on:
+            stats = SpeakerStats(self.config.max_speakers, self.config.min_speaker_utterances,
+                                 max(1, int(self.config.speaker_memory_mb * 2 ** 20)))
+            need = stats.speaker_bytes(names, rows=_rows(names))
+            if need > stats.max_bytes:
+                raise ValueError(f"speaker statistics of this model need {need} bytes per speaker, more than "
+                                 f"speaker_memory_mb={self.config.speaker_memory_mb}")
+            self.speaker_stats = stats
+        log.info("speech encoders %s (speaker normalisation %s)",
+                 [c.encoder.get("source") for c in self.encoders], "on" if on else "off")
+
+    @staticmethod
+    def _stat_arrays(parts: list[tuple[str, dict]]) -> dict[str, np.ndarray]:
+        """One utterance's embedding arrays keyed "<cache hash>|<array name>" (speaker statistics names)."""
+        return {f"{h}|{name}": a for h, d in parts for name, a in d.items()}
+
+    def embedding_inputs(self, instances: list[Instance]) -> list[dict]:
+        """speech_emb models: run the encoders on the instances' waves (in batches of max_batch_size),
+        normalise per speaker where enabled (this updates the speakers' statistics), and set each
+        instance's ``emb`` (the inputs training assembles from the cache) and ``protocol``."""
+        from emoflow.training.data import assemble_embeddings
+
+        step = max(1, self.config.max_batch_size)
+        raw = [[d for s in range(0, len(instances), step) for d in c.embed([x.wave for x in instances[s:s + step]])]
+               for c in self.encoders]
+        for i, inst in enumerate(instances):
+            parts = [(c.key_hash, raw[k][i]) for k, c in enumerate(self.encoders)]
+            inst.protocol = "strict"
+            if self.speaker_stats is not None and inst.speaker:
+                arrays = self._stat_arrays(parts)
+                normed = self.speaker_stats.observe(inst.speaker, arrays, rows=_rows(arrays))
+                if normed is not None:
+                    parts = [(h, {name: normed[f"{h}|{name}"] for name in d}) for h, d in parts]
+                    inst.protocol = "speaker-normalised"
+            inst.emb = assemble_embeddings(parts, where=f"instance {i}")
+        return [inst.emb for inst in instances]
 
     # -- request parsing -------------------------------------------------------------------------
     def _error(self, reason: str, message: str) -> InvalidInput:
@@ -591,11 +676,14 @@ class EmotionPredictor(Model):
         by_mode: dict[str, list[int]] = {}
         for i, inst in enumerate(instances):
             by_mode.setdefault(inst.mode, []).append(i)
+        if "speech_emb" in self.model.inputs:
+            self.embedding_inputs(instances)
         tokenize = self._tokenize if "text" in self.model.inputs and getattr(self.model, "tokenize", None) else None
         for mode, idx in by_mode.items():
             items = [
                 Item(id=str(i), label=0, text=instances[i].text or "", dialogue=str(i),
-                     logmel=instances[i].logmel, wave=instances[i].wave if "wave" in self.model.inputs else None)
+                     logmel=instances[i].logmel, wave=instances[i].wave if "wave" in self.model.inputs else None,
+                     emb=instances[i].emb)
                 for i in idx
             ]
             batch = make_collate(tokenize)(items)
@@ -612,6 +700,7 @@ class EmotionPredictor(Model):
                     "label": label,
                     "probabilities": {lab: round(float(p), 6) for lab, p in zip(self.labels, probs[row])},
                     "mode": mode,
+                    "protocol": instances[i].protocol,
                     "model": self.name,
                     "version": self.version,
                 }
@@ -641,6 +730,9 @@ class EmotionPredictor(Model):
         if self.metrics is not None:
             for res in results:
                 self.metrics.observe(self.name, self.version, res["label"], max(res["probabilities"].values()), res["mode"])
+        if PROTOCOL_COUNT is not None:
+            for res in results:
+                PROTOCOL_COUNT.labels(self.name, res["protocol"]).inc()
         if not is_v2:
             return {"predictions": results, "model_name": self.name, "model_version": self.version}
         probs = np.array([[r["probabilities"][lab] for lab in self.labels] for r in results], dtype=np.float32)
@@ -649,6 +741,7 @@ class EmotionPredictor(Model):
             InferOutput("probabilities", list(probs.shape), "FP32", probs.flatten().tolist(),
                         parameters={"emotions": ",".join(self.labels)}),
             InferOutput("mode", [len(results)], "BYTES", [r["mode"] for r in results]),
+            InferOutput("protocol", [len(results)], "BYTES", [r["protocol"] for r in results]),
         ]
         if all("modality_weights" in r for r in results):
             w = [[r["modality_weights"]["audio"], r["modality_weights"]["text"]] for r in results]
@@ -687,7 +780,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--asr_backend", default=ServingConfig.asr_backend,
                         help="ASR for requests without text: none, faster-whisper, pocketsphinx")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--speaker_norm", choices=SPEAKER_NORM, default=ServingConfig.speaker_norm,
+                        help="speech_emb models: normalise per request speaker (auto: as the model was trained)")
+    parser.add_argument("--max_speakers", type=int, default=ServingConfig.max_speakers,
+                        help="speakers whose statistics are kept (least recently used evicted first)")
+    parser.add_argument("--min_speaker_utterances", type=int, default=ServingConfig.min_speaker_utterances,
+                        help="utterances of a speaker before its statistics are used (strict until then)")
+    parser.add_argument("--speaker_memory_mb", type=float, default=ServingConfig.speaker_memory_mb,
+                        help="memory cap of all speaker statistics")
     return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ServingConfig:
+    return ServingConfig(
+        max_request_bytes=args.max_request_bytes, max_audio_seconds=args.max_audio_seconds,
+        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_instances=args.max_instances,
+        asr_backend=args.asr_backend, device=args.device, torch_threads=args.torch_threads,
+        prep_threads=args.prep_threads, channels_last=not args.no_channels_last, model_workers=args.model_workers,
+        speaker_norm=args.speaker_norm, max_speakers=args.max_speakers,
+        min_speaker_utterances=args.min_speaker_utterances, speaker_memory_mb=args.speaker_memory_mb,
+    )
 
 
 def limit_malloc_arenas(arenas: int = 2) -> bool:
@@ -712,12 +824,7 @@ def main(argv: list[str] | None = None) -> None:
     args, _ = build_parser().parse_known_args(argv)
     limit_malloc_arenas(args.malloc_arenas)  # before any worker thread allocates
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = ServingConfig(
-        max_request_bytes=args.max_request_bytes, max_audio_seconds=args.max_audio_seconds,
-        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_instances=args.max_instances,
-        asr_backend=args.asr_backend, device=args.device, torch_threads=args.torch_threads,
-        prep_threads=args.prep_threads, channels_last=not args.no_channels_last, model_workers=args.model_workers,
-    )
+    config = config_from_args(args)
     model = EmotionPredictor(args.model_name, args.storage_uri, store=args.store, config=config,
                              metrics=default_metrics())
     serve(model, host=args.host, port=args.http_port, log_requests=args.log_requests)

@@ -14,6 +14,10 @@ spec keys:
   family     model_type to use when the source is a hub id and init is "random".
   tokenizer  where the tokenizer comes from (default: the source; for a family name the matching
              offline asset). ``False`` means no tokenizer.
+  freeze     true: a frozen feature extractor (no gradients, always in eval mode: no dropout).
+  trainable_layers  N (with freeze false): fine-tune only the top N transformer layers; the
+             embeddings and the layers below stay frozen (0 = every parameter frozen, but dropout
+             stays active in training).
 
 Weights are read only from safetensors files, or from ``pytorch_model.bin`` with
 ``torch.load(weights_only=True)``.
@@ -211,7 +215,8 @@ def load_text_encoder(spec: dict[str, Any]):
     """Return (tokenizer, transformers model) for a text encoder spec (see module docstring)."""
     if not isinstance(spec, dict):
         raise EncoderLoadError(f"text encoder spec must be a dict, got {type(spec).__name__}")
-    unknown = set(spec) - {"source", "init", "config", "config_dict", "family", "tokenizer", "pool", "freeze"}
+    unknown = set(spec) - {"source", "init", "config", "config_dict", "family", "tokenizer", "pool", "freeze",
+                           "trainable_layers"}
     if unknown:
         raise EncoderLoadError(f"unknown text encoder spec keys: {sorted(unknown)}")
     model = build_hf_model(spec)
@@ -219,6 +224,8 @@ def load_text_encoder(spec: dict[str, Any]):
         model.requires_grad_(False)
         model.eval()
         model.train = lambda mode=True: model  # stays in eval mode when the outer model trains
+    elif spec.get("trainable_layers") is not None:
+        train_top_layers(model, int(spec["trainable_layers"]))
     tok_source = spec.get("tokenizer", None)
     if tok_source is False:
         tokenizer = None
@@ -231,6 +238,28 @@ def load_text_encoder(spec: dict[str, Any]):
                 f"vocabulary is {vocab}"
             )
     return tokenizer, model
+
+
+def transformer_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The stack of transformer layers of a transformers encoder (BERT/RoBERTa/MPNet/ELECTRA:
+    ``encoder.layer``; DistilBERT: ``transformer.layer``)."""
+    for path in ("encoder.layer", "transformer.layer", "layers"):
+        obj = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, torch.nn.ModuleList):
+            return obj
+    raise EncoderLoadError(f"{type(model).__name__}: no transformer layer stack found (encoder.layer)")
+
+
+def train_top_layers(model: torch.nn.Module, n: int) -> None:
+    """Freeze every parameter, then make the top ``n`` transformer layers trainable again."""
+    layers = transformer_layers(model)
+    if not 0 <= n <= len(layers):
+        raise EncoderLoadError(f"trainable_layers={n}: the encoder has {len(layers)} layers")
+    model.requires_grad_(False)
+    for layer in list(layers)[len(layers) - n:]:
+        layer.requires_grad_(True)
 
 
 # ---------------------------------------------------------------- mirroring a hub model to a store

@@ -104,14 +104,12 @@ def load_items(
 
 
 def load_embedding_item(utt: Utterance, store, hashes: Sequence[str] | None = None, normalizer=None) -> dict:
-    """Cached embeddings of one utterance as model inputs.
+    """Cached embeddings of one utterance as model inputs (see ``assemble_embeddings``).
 
-    For each cache (in order): an encoder stored with layer statistics gives "layers" [L, 2H]
-    (mean and std of every hidden layer; one such encoder at most); the others add their
-    utterance vector (mean, std when stored, the backend's own pooled vector when stored) to
-    "vec"; stored frames give "frames" [T, H] (first cache with frames). With a normalizer
-    (speaker-normalised protocol, ``emoflow.evaluation.normalization``) every array is
-    z-normalised with the utterance's speaker statistics.
+    ``hashes``: the caches to use, in order (default: every cache the utterance records, in the
+    recorded order). With a normalizer (speaker-normalised protocol,
+    ``emoflow.evaluation.normalization``) every array is z-normalised with the utterance's
+    speaker statistics.
     """
     from emoflow.audio.embeddings import load_embedding
 
@@ -119,17 +117,30 @@ def load_embedding_item(utt: Utterance, store, hashes: Sequence[str] | None = No
     chosen = list(hashes) if hashes else list(recorded)
     if not chosen:
         raise ValueError(f"utterance {utt.id!r} has no cached embeddings; run the features step with encoders")
-    out: dict = {}
-    vecs = []
     for h in chosen:
         if h not in recorded:
             raise ValueError(f"utterance {utt.id!r} has no cached embedding {h!r} (has {sorted(recorded)})")
-        d = dict(load_embedding(store, recorded[h]))
-        if normalizer is not None:
-            d = normalizer.apply(utt, h, d)
+    normalize = (lambda h, d: normalizer.apply(utt, h, d)) if normalizer is not None else None
+    return assemble_embeddings([(h, load_embedding(store, recorded[h])) for h in chosen], normalize,
+                               where=f"utterance {utt.id!r}")
+
+
+def assemble_embeddings(parts: Sequence[tuple[str, dict]], normalize: Callable[[str, dict], dict] | None = None,
+                        where: str = "embeddings") -> dict:
+    """Model inputs of one utterance from its encoder embeddings, given as (cache hash, arrays) in order.
+
+    An encoder with layer statistics gives "layers" [L, 2H] (mean and std of every hidden layer;
+    one such encoder at most); the others add their utterance vector (mean, std when present, the
+    backend's own pooled vector when present) to "vec"; frames give "frames" [T, H] (first encoder
+    with frames). ``normalize(cache_hash, arrays)`` transforms each encoder's arrays first.
+    """
+    out: dict = {}
+    vecs = []
+    for h, arrays in parts:
+        d = normalize(h, dict(arrays)) if normalize is not None else dict(arrays)
         if "layers_mean" in d:
             if "layers" in out:
-                raise ValueError(f"utterance {utt.id!r}: two cached encoders with layer statistics; keep one")
+                raise ValueError(f"{where}: two cached encoders with layer statistics; keep one")
             out["layers"] = np.concatenate([d["layers_mean"], d["layers_std"]], axis=-1).astype(np.float32)
         else:
             vecs += [d[k] for k in ("pooled", "std", "backend_pooled") if k in d]
@@ -183,6 +194,61 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+
+class DialogueBatchSampler(Sampler[list[int]]):
+    """Batches of whole dialogues, each in utterance (dataset) order, for dialogue-context models.
+
+    Dialogues (in order of first appearance, or shuffled by (seed, epoch)) are packed into
+    batches of at most ``batch_size`` utterances; a dialogue longer than that is one batch on its
+    own, never split. Every index appears exactly once per epoch; a resumed run sees the same
+    batches. ``len()`` is the number of batches of the current epoch.
+    """
+
+    def __init__(self, dialogues: Sequence[str], batch_size: int, *, shuffle: bool, seed: int = 0):
+        groups: dict[str, list[int]] = {}
+        for i, d in enumerate(dialogues):
+            groups.setdefault(d, []).append(i)
+        self.groups = list(groups.values())
+        self.batch_size = max(1, int(batch_size))
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        order = list(range(len(self.groups)))
+        if self.shuffle:
+            random.Random(self.seed * 100003 + self.epoch).shuffle(order)
+        batches, current = [], []
+        for g in order:
+            group = self.groups[g]
+            if current and len(current) + len(group) > self.batch_size:
+                batches.append(current)
+                current = []
+            current = current + group
+        if current:
+            batches.append(current)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+def make_batch_sampler(items: Sequence[Item], batch_size: int, *, batch_by: str = "utterance", shuffle: bool,
+                       seed: int = 0) -> Sampler[list[int]]:
+    """``batch_by`` "utterance": length buckets (`BucketBatchSampler`); "dialogue": whole
+    dialogues in order (`DialogueBatchSampler`)."""
+    if batch_by == "dialogue":
+        return DialogueBatchSampler([it.dialogue for it in items], batch_size, shuffle=shuffle, seed=seed)
+    if batch_by == "utterance":
+        return BucketBatchSampler([it.length for it in items], batch_size, shuffle=shuffle, seed=seed)
+    raise ValueError(f"unknown batch_by {batch_by!r} (utterance, dialogue)")
 
 
 def _pad(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,12 @@ that model is what gets registered. Outputs, in ``out_dir``:
 - ``predictions.json``: per-fold test predictions (ids, y_true, y_pred, probabilities), labels,
   best epochs and the training configuration, read by the evaluate step.
 
+Seed ensembles (preset ``train.ensemble: N``): in each fold, member k trains with seed
+``seed + k`` and is selected on its own validation part (``make_folds(val_rotation=k)``: another
+held-out share of the training groups, never the test groups); the fold's test predictions are the
+members' mean probabilities. The final fit trains N members on every group and saves them as one
+``SeedEnsemble``.
+
 Fanned out per fold (the pipeline's ``fan_out_folds``): ``run_training(only_fold=f, skip_final=True)``
 once per fold, then `finalize_training` merges the folds' summaries (`merge_fold_predictions`) and
 does the same final fit, giving the same outputs.
@@ -96,7 +102,7 @@ def run_training(
 ) -> dict:
     """Cross-validated training + final fit. Returns the summary also written to predictions.json."""
     from emoflow.evaluation.folds import make_folds
-    from emoflow.models import build_model
+    from emoflow.models import SeedEnsemble, build_model, ensemble_size
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -121,31 +127,53 @@ def run_training(
             return None
         return Checkpointer(store, f"{checkpoint_prefix.rstrip('/')}/{arch}-{run_key}/{name}.pt")
 
+    n_members = ensemble_size(preset)
+    # member k of a seed ensemble is selected on another held-out part of the training groups
+    rotated = [{f.name: f for f in make_folds([by_id[i] for i in by_id], scheme=fold_scheme, n_folds=n_folds,
+                                              seed=seed, val_rotation=k)} for k in range(1, n_members)]
     results: dict = {}
     for fold in folds:
-        seed_everything(seed)
-        model = build_model(arch, preset, labels)
-        train, val, test = data.subset(fold.train_ids), data.subset(fold.val_ids), data.subset(fold.test_ids)
-        log.info("%s %s: train %d, val %d, test %d", arch, fold.name, len(train), len(val), len(test))
-        res = fit(model, train, val, cfg, device=dev, checkpointer=checkpointer(fold.name),
-                  progress=progress, name=f"{arch} {fold.name}")
-        fusion = _fusion_calibration(model, val, dev)
+        test = data.subset(fold.test_ids)
+        members, fits, fusion, val_groups = [], [], [], []
+        for k in range(n_members):
+            part = fold if k == 0 else rotated[k - 1][fold.name]
+            if sorted(part.test_ids) != sorted(fold.test_ids):
+                raise RuntimeError(f"{fold.name}: member {k} has another test part")
+            train, val = data.subset(part.train_ids), data.subset(part.val_ids)
+            val_groups.append(list(part.val_groups))
+            log.info("%s %s member %d: train %d, val %d (%s), test %d", arch, fold.name, k, len(train), len(val),
+                     ", ".join(part.val_groups), len(test))
+            name = fold.name if k == 0 else f"{fold.name}-m{k}"
+            seed_everything(seed + k)
+            model = build_model(arch, preset, labels)
+            fits.append(fit(model, train, val, TrainConfig.from_preset(preset, epochs=epochs, seed=seed + k),
+                            device=dev, checkpointer=checkpointer(name), progress=progress, name=f"{arch} {name}"))
+            fusion.append(_fusion_calibration(model, val, dev))
+            members.append(model)
+        model = members[0] if n_members == 1 else SeedEnsemble(members)
         pred = predict(model, test, device=dev)
         y_pred = pred["probs"].argmax(1)
+        best_epochs = [r.best_epoch for r in fits]
         results[fold.name] = {
             "ids": pred["ids"],
             "y_true": [labels[i] for i in pred["labels"]],
             "y_pred": [labels[i] for i in y_pred],
             "probs": np.round(pred["probs"], 6).tolist(),
-            "best_epoch": res.best_epoch,
-            "best_val_ua": res.best_val_ua,
-            "history": res.history,
+            # an ensemble's final members train for the median of every member's best epoch
+            "best_epoch": int(np.median(best_epochs)) if n_members > 1 else best_epochs[0],
+            # members are selected on different parts (each one's own validation UA, averaged)
+            "best_val_ua": fits[0].best_val_ua if n_members == 1 else _mean_or_none([r.best_val_ua for r in fits]),
+            "history": fits[0].history if n_members == 1 else [r.history for r in fits],
             "test_groups": list(fold.test_groups),
             "val_groups": list(fold.val_groups),
-            "fusion": fusion,
+            **({"member_val_groups": val_groups} if n_members > 1 else {}),
+            "fusion": fusion[0] if n_members == 1 else (fusion if any(fusion) else None),
         }
+        if n_members > 1:
+            results[fold.name]["member_best_epochs"] = best_epochs
         ua = unweighted_accuracy(pred["labels"], y_pred)
-        log.info("%s %s: test UA %.1f (best epoch %d)", arch, fold.name, ua * 100, res.best_epoch)
+        log.info("%s %s: test UA %.1f (best epoch %s%s)", arch, fold.name, ua * 100, best_epochs[0] if n_members == 1
+                 else best_epochs, "" if n_members == 1 else f", ensemble of {n_members}")
 
     summary = {
         "arch": arch,
@@ -169,23 +197,42 @@ def run_training(
 def _final_fit(summary: dict, data, store, arch: str, preset: dict, labels: list[str], out_dir: Path, *,
                seed: int, dev, final_epoch_count: int | None, checkpointer, progress: bool) -> None:
     """Fit on every group for the median of the folds' best epochs; save to out_dir/model."""
-    from emoflow.models import build_model, save_model
+    from emoflow.models import SeedEnsemble, build_model, ensemble_size, save_model
 
     results = summary["folds"]
     n_final = final_epoch_count or final_epochs([r["best_epoch"] for r in results.values()])
-    seed_everything(seed)
-    model = build_model(arch, preset, labels)
+    n_members = ensemble_size(preset)
     final_cfg = TrainConfig.from_preset(preset, epochs=n_final, seed=seed, patience=None)
-    # the epoch count is part of the checkpoint name: a resumed final fit never mixes two lengths
-    fit(model, data, None, final_cfg, device=dev, checkpointer=checkpointer(f"final-e{n_final}"),
-        progress=progress, name=f"{arch} final")
-    fusion = [r["fusion"] for r in results.values() if r.get("fusion")]
-    if fusion and hasattr(model, "set_fusion"):
-        # the final fit has no held-out part: use the folds' fits (each on its own validation part)
-        summary["final_fusion"] = average_fusion(fusion)
-        model.set_fusion(summary["final_fusion"])
-    save_model(model.cpu(), out_dir / "model")
+    members, fused = [], []
+    for k in range(n_members):
+        seed_everything(seed + k)
+        model = build_model(arch, preset, labels)
+        final_cfg.seed = seed + k
+        # the epoch count is part of the checkpoint name: a resumed final fit never mixes two lengths
+        name = f"final-e{n_final}" + (f"-m{k}" if k else "")
+        fit(model, data, None, final_cfg, device=dev, checkpointer=checkpointer(name),
+            progress=progress, name=f"{arch} {name}")
+        # the final fit has no held-out part: use the folds' fusion fits (each on its own validation part)
+        fusion = [_member(r["fusion"], k) for r in results.values() if r.get("fusion")]
+        fusion = [f for f in fusion if f]
+        if fusion and hasattr(model, "set_fusion"):
+            fused.append(average_fusion(fusion))
+            model.set_fusion(fused[-1])
+        members.append(model.cpu())
+    if fused:
+        summary["final_fusion"] = fused[0] if n_members == 1 else fused
+    save_model(members[0] if n_members == 1 else SeedEnsemble(members), out_dir / "model")
     summary["final_epochs"] = n_final
+
+
+def _member(fusion, k: int):
+    """Member k's fusion fit: a fold stores one dict (single model) or one per ensemble member."""
+    return fusion[k] if isinstance(fusion, list) else fusion
+
+
+def _mean_or_none(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
 
 
 def merge_fold_predictions(parts: Sequence[dict], expected_folds: Sequence[str] | None = None) -> dict:

@@ -4,13 +4,18 @@
 - optimiser and schedule named by the preset's ``train`` section;
 - seeded and reproducible: data order and dropout depend only on (seed, epoch), so a run resumed
   from its last checkpoint ends with the same weights as an uninterrupted one;
-- model selection and early stopping on validation UA (the validation part comes from the
-  training groups, never from the test fold: see ``emoflow.evaluation.folds``);
+- model selection and early stopping on validation UA, or WA / weighted F1 (``select_on``; the
+  validation part comes from the training groups, never from the test fold: see
+  ``emoflow.evaluation.folds``);
+- batches of similar length, or whole dialogues in utterance order for dialogue-context models
+  (``batch_by: dialogue``, in training and in `predict`);
+- optional class-weighted loss (``class_weights``), computed from the training part only;
 - a checkpoint every epoch to the artifact store.
 """
 
 from __future__ import annotations
 
+import inspect
 import io
 import logging
 import math
@@ -24,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from emoflow.training.data import BucketBatchSampler, UtteranceDataset, make_collate
+from emoflow.training.data import DialogueBatchSampler, UtteranceDataset, make_batch_sampler, make_collate
 
 log = logging.getLogger("emoflow.training")
 
@@ -45,6 +50,9 @@ class TrainConfig:
     specaugment: str | None = None   # None | conservative | aggressive (log-mel models)
     chunk_frames: list[int] | None = None  # random T-frame chunks in training (ResNet paper)
     eval_batch_size: int = 32
+    batch_by: str = "utterance"      # utterance (length buckets) | dialogue (whole dialogues, in order)
+    class_weights: Any = None        # None | inverse_frequency | inverse_sqrt_frequency | [w per class]
+    select_on: str = "ua"            # validation metric for model selection: ua | wa | wf1
 
     @classmethod
     def from_preset(cls, preset: dict, **overrides: Any) -> "TrainConfig":
@@ -62,6 +70,45 @@ class TrainConfig:
             if value is not None:
                 setattr(cfg, key, value)
         return cfg
+
+
+CLASS_WEIGHTS = ("inverse_frequency", "inverse_sqrt_frequency")
+SELECT_ON = ("ua", "wa", "wf1")
+
+
+def class_weights(labels: Sequence[int], num_classes: int, how: Any) -> torch.Tensor | None:
+    """Loss weight per class from the TRAINING labels: ``(N / n_k) ** p`` (p = 1 for
+    inverse_frequency, 0.5 for inverse_sqrt_frequency), scaled to mean 1 over the classes present
+    (an absent class gets 1; it never occurs as a target); a list is taken as given; None: None."""
+    if how is None or how is False or how == "none":
+        return None
+    if isinstance(how, (list, tuple)):
+        if len(how) != num_classes:
+            raise ValueError(f"class_weights lists {len(how)} weights for {num_classes} classes")
+        return torch.tensor([float(w) for w in how], dtype=torch.float32)
+    if how not in CLASS_WEIGHTS:
+        raise ValueError(f"unknown class_weights {how!r} ({', '.join(CLASS_WEIGHTS)}, or a list)")
+    counts = np.bincount(np.asarray(list(labels), dtype=np.int64), minlength=num_classes)[:num_classes]
+    present = counts > 0
+    if not present.any():
+        raise ValueError("class_weights: no training labels")
+    power = 1.0 if how == "inverse_frequency" else 0.5
+    w = np.ones(num_classes, dtype=np.float64)
+    w[present] = (counts.sum() / counts[present]) ** power
+    w[present] /= w[present].mean()
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def weighted_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """F1 per true class, averaged with the class frequencies as weights (scikit-learn "weighted")."""
+    score, n = 0.0, len(y_true)
+    for c in np.unique(y_true):
+        tp = float(np.sum((y_pred == c) & (y_true == c)))
+        fp = float(np.sum((y_pred == c) & (y_true != c)))
+        fn = float(np.sum((y_pred != c) & (y_true == c)))
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+        score += f1 * np.sum(y_true == c) / n
+    return float(score)
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -158,12 +205,25 @@ def predict(
     mode: str = "both",
     batch_size: int = 32,
     with_branches: bool = False,
+    batch_by: str | None = None,
 ) -> dict:
-    """Class probabilities (and per-branch log-probabilities when asked) in dataset order."""
+    """Class probabilities (and per-branch log-probabilities when asked) in dataset order.
+
+    ``batch_by`` (default: the model preset's ``train.batch_by``, else "utterance"): "utterance"
+    batches consecutive items; "dialogue" batches whole dialogues in order (what a dialogue-context
+    model was trained on); the results come back in dataset order either way."""
     device = device or next(model.parameters()).device
     model.eval()
     tokenize = getattr(model, "tokenize", None) if "text" in model.inputs else None
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=make_collate(tokenize))
+    if batch_by is None:
+        batch_by = ((getattr(model, "preset", None) or {}).get("train") or {}).get("batch_by", "utterance")
+    if batch_by == "dialogue":
+        sampler = DialogueBatchSampler([it.dialogue for it in dataset.items], batch_size, shuffle=False)
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=make_collate(tokenize))
+    elif batch_by == "utterance":
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=make_collate(tokenize))
+    else:
+        raise ValueError(f"unknown batch_by {batch_by!r} (utterance, dialogue)")
     ids, probs, labels, branches = [], [], [], {"audio_logits": [], "text_logits": []}
     for batch in loader:
         out = model(_to_device(batch, device), mode=mode)
@@ -177,6 +237,10 @@ def predict(
     result = {"ids": ids, "probs": np.concatenate(probs), "labels": np.concatenate(labels)}
     if with_branches:
         result.update({k: np.concatenate(v) for k, v in branches.items() if v})
+    if batch_by == "dialogue":  # back to dataset order
+        position = {it.id: i for i, it in enumerate(dataset.items)}
+        order = np.argsort([position[i] for i in ids], kind="stable")
+        result = {k: ([v[i] for i in order] if k == "ids" else v[order]) for k, v in result.items()}
     return result
 
 
@@ -207,7 +271,8 @@ def fit(
     progress: bool = True,
     name: str = "train",
 ) -> FitResult:
-    """Train `model` in place; with a validation set, keep the best epoch by validation UA."""
+    """Train `model` in place; with a validation set, keep the best epoch by validation UA (or the
+    preset's ``select_on`` metric)."""
     from tqdm import tqdm
 
     device = device or pick_device()
@@ -229,11 +294,21 @@ def fit(
         if state.get("done"):
             start_epoch = cfg.epochs
     tokenize = getattr(model, "tokenize", None) if "text" in model.inputs else None
-    sampler = BucketBatchSampler([it.length for it in train.items], cfg.batch_size, shuffle=True, seed=cfg.seed)
+    sampler = make_batch_sampler(train.items, cfg.batch_size, batch_by=cfg.batch_by, shuffle=True, seed=cfg.seed)
     steps_per_epoch = len(sampler)
     total_steps = max(1, cfg.epochs * steps_per_epoch)
     use_bf16 = device.type == "cuda"
-    loss_fn = torch.nn.CrossEntropyLoss()
+    if cfg.select_on not in SELECT_ON:
+        raise ValueError(f"unknown select_on {cfg.select_on!r} ({', '.join(SELECT_ON)})")
+    n_classes = getattr(model, "num_classes", None) or 1 + max(it.label for it in train.items)
+    weight = class_weights([it.label for it in train.items], n_classes, cfg.class_weights)
+    if weight is not None:
+        weight = weight.to(device)
+        log.info("%s: class weights %s", name, [round(float(w), 3) for w in weight])
+        if hasattr(model, "compute_loss") and "class_weight" not in inspect.signature(model.compute_loss).parameters:
+            raise ValueError(f"{name}: train.class_weights is set but {type(model).__name__}.compute_loss "
+                             "takes no class_weight")
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
     started = time.time()
     stopped_early = bool(state and state.get("done") and state.get("stopped_early"))
     for epoch in range(start_epoch, cfg.epochs):
@@ -253,7 +328,8 @@ def fit(
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 out = model(batch, mode="both")
             if hasattr(model, "compute_loss"):
-                loss = model.compute_loss(out, batch["labels"])
+                extra = {"class_weight": weight} if weight is not None else {}
+                loss = model.compute_loss(out, batch["labels"], **extra)
             else:
                 loss = loss_fn(out["logits"].float(), batch["labels"])
             if not torch.isfinite(loss):
@@ -272,10 +348,15 @@ def fit(
             sched.step()
         record = {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": optimizers[0].param_groups[0]["lr"]}
         if val is not None and len(val):
-            pred = predict(model, val, device=device, batch_size=cfg.eval_batch_size)
-            record["val_ua"] = unweighted_accuracy(pred["labels"], pred["probs"].argmax(1))
-            if record["val_ua"] > best_ua:
-                best_ua, best_epoch, bad_epochs = record["val_ua"], epoch + 1, 0
+            pred = predict(model, val, device=device, batch_size=cfg.eval_batch_size, batch_by=cfg.batch_by)
+            y_pred = pred["probs"].argmax(1)
+            record["val_ua"] = unweighted_accuracy(pred["labels"], y_pred)
+            if cfg.select_on != "ua":
+                record["val_wa"] = float(np.mean(pred["labels"] == y_pred))
+                record["val_wf1"] = weighted_f1(pred["labels"], y_pred)
+            # best_ua holds the best score of the selection metric (the checkpoint key keeps its name)
+            if record[f"val_{cfg.select_on}"] > best_ua:
+                best_ua, best_epoch, bad_epochs = record[f"val_{cfg.select_on}"], epoch + 1, 0
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             else:
                 bad_epochs += 1
@@ -285,7 +366,8 @@ def fit(
         log.info(
             "%s epoch %d/%d loss %.4f%s",
             name, epoch + 1, cfg.epochs, record["loss"],
-            f" val UA {record['val_ua'] * 100:.1f}" if "val_ua" in record else "",
+            (f" val UA {record['val_ua'] * 100:.1f}" if "val_ua" in record else "")
+            + (f" WF1 {record['val_wf1'] * 100:.1f}" if "val_wf1" in record else ""),
         )
         done = epoch + 1 == cfg.epochs or bool(cfg.patience and bad_epochs >= cfg.patience)
         stopped_early = done and epoch + 1 < cfg.epochs
@@ -304,7 +386,8 @@ def fit(
         model.load_state_dict(best_state)
     return FitResult(
         best_epoch=best_epoch,
-        best_val_ua=best_ua if best_ua >= 0 else None,
+        # validation UA at the selected epoch (whatever metric selected it)
+        best_val_ua=next((r["val_ua"] for r in history if r["epoch"] == best_epoch and "val_ua" in r), None),
         epochs_run=len(history),
         history=history,
         stopped_early=stopped_early,
