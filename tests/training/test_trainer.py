@@ -65,6 +65,35 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
     assert ref_result.history == resumed_result.history
 
 
+def test_checkpoints_leave_frozen_weights_out_and_resume_the_same(tmp_path):
+    def run(name, crash_after=None):
+        preset = tiny_preset()
+        preset["model"]["text_encoder"]["freeze"] = True
+        torch.manual_seed(0)
+        model = build_model("a1", preset, LABELS)
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        ck = Checkpointer(open_store(str(tmp_path / "store")), f"ck/{name}.pt")
+
+        def after_epoch(epoch):
+            if epoch == crash_after:
+                raise KeyboardInterrupt("simulated kill")
+
+        fit(model, make_items(16), make_items(8, seed=1), TrainConfig(epochs=3, batch_size=4, lr=1e-3, seed=7),
+            device=torch.device("cpu"), checkpointer=ck, after_epoch=after_epoch, progress=False)
+        return model, frozen, ck
+
+    ref, frozen, ck = run("ref")
+    assert frozen and any(k.startswith("text_encoder.") for k in frozen)
+    saved = ck.load()
+    assert not frozen & set(saved["model"]) and not frozen & set(saved["best_model"])
+    assert set(saved["model"]) | frozen == set(ref.state_dict())
+    with pytest.raises(KeyboardInterrupt):
+        run("killed", crash_after=1)
+    resumed, _, _ = run("killed")
+    for (k, v), w in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(v, w), f"{k} differs after resume"
+
+
 def test_best_epoch_kept_and_predict_shapes(tmp_path):
     model, result = train_once(tmp_path, "best", checkpoint=False)
     assert result.best_val_ua is not None

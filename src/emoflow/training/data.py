@@ -161,26 +161,36 @@ def load_wave(utt: Utterance, sample_rate: int = 16000) -> np.ndarray:
     return load_audio(data, sr=sample_rate, start=utt.start, end=utt.end)
 
 
-class BucketBatchSampler(Sampler[list[int]]):
+class _EpochSampler(Sampler[list[int]]):
+    """Batch samplers whose order depends only on (seed, epoch): a resumed run sees the same batches."""
+
+    def __init__(self, batch_size: int, shuffle: bool, seed: int):
+        self.batch_size = max(1, int(batch_size))
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def rng(self) -> random.Random:
+        return random.Random(self.seed * 100003 + self.epoch)
+
+
+class BucketBatchSampler(_EpochSampler):
     """Batches of similar length: sort within large random pools, then shuffle the batches.
 
     The order depends only on (seed, epoch), so a resumed run sees the same batches.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool, seed: int = 0, pool: int = 50):
+        super().__init__(batch_size, shuffle, seed)
         self.lengths = list(lengths)
-        self.batch_size = max(1, int(batch_size))
-        self.shuffle = shuffle
-        self.seed = seed
         self.pool = pool
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __iter__(self) -> Iterator[list[int]]:
         order = list(range(len(self.lengths)))
-        rng = random.Random(self.seed * 100003 + self.epoch)
+        rng = self.rng()
         if self.shuffle:
             rng.shuffle(order)
         size = self.batch_size * self.pool
@@ -196,7 +206,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         return (len(self.lengths) + self.batch_size - 1) // self.batch_size
 
 
-class DialogueBatchSampler(Sampler[list[int]]):
+class DialogueBatchSampler(_EpochSampler):
     """Batches of whole dialogues, each in utterance (dataset) order, for dialogue-context models.
 
     Dialogues (in order of first appearance, or shuffled by (seed, epoch)) are packed into
@@ -209,19 +219,13 @@ class DialogueBatchSampler(Sampler[list[int]]):
         groups: dict[str, list[int]] = {}
         for i, d in enumerate(dialogues):
             groups.setdefault(d, []).append(i)
+        super().__init__(batch_size, shuffle, seed)
         self.groups = list(groups.values())
-        self.batch_size = max(1, int(batch_size))
-        self.shuffle = shuffle
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def _batches(self) -> list[list[int]]:
         order = list(range(len(self.groups)))
         if self.shuffle:
-            random.Random(self.seed * 100003 + self.epoch).shuffle(order)
+            self.rng().shuffle(order)
         batches, current = [], []
         for g in order:
             group = self.groups[g]

@@ -281,9 +281,22 @@ def fit(
     optimizers = make_optimizers(model, cfg)
     schedulers = [make_scheduler(opt, cfg) for opt in optimizers]
     start_epoch, best_ua, best_epoch, best_state, history, bad_epochs = 0, -1.0, 0, None, [], 0
+    # frozen parameters never change in fit: snapshots and checkpoints leave them out (a frozen
+    # MiniLM would otherwise be written twice per epoch); the model being fitted keeps them
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+
+    def snapshot() -> dict:
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in frozen}
+
+    def restore(weights: dict) -> None:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if set(missing) - frozen or unexpected:
+            raise RuntimeError(f"{name}: checkpoint does not match the model: missing "
+                               f"{sorted(set(missing) - frozen)[:5]}, unexpected {sorted(unexpected)[:5]}")
+
     state = checkpointer.load() if checkpointer else None
     if state is not None:
-        model.load_state_dict(state["model"])
+        restore(state["model"])
         for opt, opt_state in zip(optimizers, state["optimizers"]):
             opt.load_state_dict(opt_state)
         for sched, sched_state in zip(schedulers, state["schedulers"]):
@@ -357,7 +370,7 @@ def fit(
             # best_ua holds the best score of the selection metric (the checkpoint key keeps its name)
             if record[f"val_{cfg.select_on}"] > best_ua:
                 best_ua, best_epoch, bad_epochs = record[f"val_{cfg.select_on}"], epoch + 1, 0
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                best_state = snapshot()
             else:
                 bad_epochs += 1
         else:
@@ -373,7 +386,7 @@ def fit(
         stopped_early = done and epoch + 1 < cfg.epochs
         if checkpointer:
             checkpointer.save({
-                "model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
+                "model": snapshot(), "optimizers": [o.state_dict() for o in optimizers],
                 "schedulers": [sc.state_dict() for sc in schedulers], "epoch": epoch, "best_ua": best_ua,
                 "best_epoch": best_epoch, "best_model": best_state, "history": history,
                 "bad_epochs": bad_epochs, "done": done, "stopped_early": stopped_early,
@@ -383,7 +396,7 @@ def fit(
         if done:
             break
     if best_state is not None:
-        model.load_state_dict(best_state)
+        restore(best_state)
     return FitResult(
         best_epoch=best_epoch,
         # validation UA at the selected epoch (whatever metric selected it)
