@@ -117,7 +117,7 @@ def test_bad_input_is_refused_with_a_named_error(reg, call, match):
         call(m)
     # nothing was counted by a refused observe
     assert val(reg, "emoflow_predictions_total", model="emo", version="v1", emotion="happy") == 0
-    assert MODES == ("audio+text", "audio-only", "asr-text")
+    assert MODES == ("audio+text", "audio-only", "asr-text", "text-only")
 
 
 def test_default_metrics_is_one_per_process_on_global_registry():

@@ -106,3 +106,38 @@ def train_emb_model(root, utts, feature_config: dict, preset_for) -> tuple:
     steps.train(str(root / "features.jsonl"), store.uri(""), "a3", preset, str(root / "run"), epochs=1,
                 feature_config=feature_config, progress=False)
     return root / "run", manifest, store
+
+
+# ---- text-only models (no audio input: A1 on MELD text) ----
+def text_only_preset(**text) -> dict:
+    """The tiny A1 preset, text only (random-init 2-layer BERT, real WordPiece tokenizer), with the
+    dialogue Bi-GRU as the meld-text presets have it."""
+    import copy
+
+    p = copy.deepcopy(load_preset("a1", "tiny"))
+    p["name"] = "tiny-text"
+    p["inputs"] = ["text"]
+    p.pop("features", None)
+    p["model"].pop("speech", None)
+    p["model"]["text"].update({"context": "dialogue", "norm": True, "residual": True, **text})
+    return p
+
+
+def register_text_only_model(store_dir, name: str = "emoflow-meld-text", seed: int = 0):
+    """A randomly initialised tiny text-only A1 registered as production, saved as training saves
+    it (model/ with an empty feature_config.json: no features step ran); returns (store URI, the
+    model as built, in eval mode)."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = build_model("a1", text_only_preset(), LABELS).eval()
+    out = store_dir / "text-model-src"
+    save_model(model, out / "model")
+    (out / "model" / "feature_config.json").write_text("{}")
+    files = {f"model/{p.name}": p for p in (out / "model").iterdir()}
+    files["reference_distribution.json"] = b'{"angry": 0.25, "happy": 0.25, "neutral": 0.25, "sad": 0.25}'
+    store_uri = str(store_dir / "store")
+    registry = Registry(open_store(store_uri))
+    version = registry.register(name, files, {"arch": "a1", "metric_value": 0.25})
+    registry.promote(name, version, "production")
+    return store_uri, model

@@ -71,5 +71,16 @@ def test_run_training_fits_every_member_and_member_zero_is_the_single_model(demo
         assert torch.equal(a, b), k
     assert any(not torch.equal(a, b) for a, b in zip(ens.members[1].state_dict().values(),
                                                      one.state_dict().values()))
-    keys = set(store.list("ck"))
-    assert any(k.endswith("-m1.pt") for k in keys) and any("final-e2-m1" in k for k in keys)
+    assert store.list("ck") == []  # a finished run drops its checkpoints
+
+
+def test_a_fold_task_drops_only_its_own_checkpoints(demo, tmp_path):
+    utts, store, _ = demo
+    first = run_training(utts, store, "a1", _preset(2), tmp_path / "f1", epochs=1, only_fold="fold1-S1",
+                         skip_final=True, checkpoint_prefix="ck2", progress=False)
+    assert store.list("ck2") == []
+    other = f"ck2/a1-{first['run_key']}/fold2-S2.pt"  # another fold task of the same run, mid-training
+    store.put_bytes(other, b"x")
+    run_training(utts, store, "a1", _preset(2), tmp_path / "f2", epochs=1, only_fold="fold1-S1",
+                 skip_final=True, checkpoint_prefix="ck2", progress=False)
+    assert store.list("ck2") == [other]

@@ -14,7 +14,8 @@ API used by the serving code (keep it exactly this)::
     m.error(model, reason)                        # once per rejected/failed request
 
 `mode` is one of MODES: "audio+text" (audio with the caller's text), "audio-only" (no text used),
-"asr-text" (text transcribed by the server's ASR). `reason` is a short fixed token such as
+"asr-text" (text transcribed by the server's ASR), "text-only" (a model without audio inputs,
+answering from the caller's text alone). `reason` is a short fixed token such as
 "bad_base64", "not_audio", "too_long", "empty", "bad_type", "internal" (free text is refused so
 label cardinality stays bounded: [a-z0-9_] only, ≤ 40 chars).
 
@@ -49,7 +50,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from emoflow.monitoring.drift import DEFAULT_EPSILON, DEFAULT_WINDOW, DriftStats, DriftWindow, validate_shares
 
-MODES = ("audio+text", "audio-only", "asr-text")
+MODES = ("audio+text", "audio-only", "asr-text", "text-only")
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 _REASON = re.compile(r"^[a-z0-9_]{1,40}$")
 
@@ -100,7 +101,7 @@ class PredictionMetrics:
             "emoflow_prediction_confidence", "Probability of the predicted emotion",
             ["model", "version"], buckets=confidence_buckets, **kw)
         self.modality = Counter(
-            "emoflow_modality", "Predictions by input modality mode (audio+text, audio-only, asr-text)",
+            "emoflow_modality", "Predictions by input modality mode (audio+text, audio-only, asr-text, text-only)",
             ["model", "mode"], **kw)
         self.errors = Counter(
             "emoflow_request_errors", "Requests rejected or failed, by reason",

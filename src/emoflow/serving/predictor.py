@@ -6,9 +6,17 @@ Requests:
 - Open Inference Protocol v2 ``POST /v2/models/<name>/infer`` with BYTES inputs ``audio``
   (base64 strings) and optional ``text`` and ``speaker``.
 
+Text-only models (no audio input: none of ``logmel``, ``wave``, ``speech_emb`` in the model's
+inputs, e.g. the A1 ``meld-text`` presets) take ``{"text": "...", "speaker": "optional"}`` instances
+(v2: BYTES input ``text`` required, ``speaker`` optional); the text must be non-empty and ``audio``
+is refused (a 400 naming the instance: the model cannot use it), and the mode is ``text-only``.
+Each instance is predicted alone, as its own dialogue: a request carries no dialogue context, so a
+model with ``text.context: dialogue`` runs its Bi-GRU over that one utterance (as evaluation of a
+single-utterance dialogue would), not over the conversation it came from.
+
 Each answer gives the label, per-emotion probabilities, the model name and version, the mode
-(``audio+text``, ``audio-only`` or ``asr-text``), the protocol (``strict`` or ``speaker-normalised``)
-and the modality weights where the model has them.
+(``audio+text``, ``audio-only``, ``asr-text`` or ``text-only``), the protocol (``strict`` or
+``speaker-normalised``) and the modality weights where the model has them.
 
 Models on cached encoder embeddings (input ``speech_emb``, the ``offline`` presets) get them online:
 load() builds the run's encoders from ``model/feature_config.json`` (same specs, options and seed
@@ -71,7 +79,9 @@ try:
 except ValueError:  # module imported twice under two names: reuse nothing, record nothing
     BATCH_SIZE = PROTOCOL_COUNT = None
 
-MODES = ("audio+text", "audio-only", "asr-text")
+MODES = ("audio+text", "audio-only", "asr-text", "text-only")
+# model inputs that carry audio: a model with none of them is served text-only
+AUDIO_INPUTS = ("logmel", "wave", "speech_emb")
 SPEAKER_NORM = ("auto", "on", "off")
 
 
@@ -244,7 +254,7 @@ def resolve_model_dir(storage_uri: str, store_uri: str | None = None) -> tuple[P
 
 @dataclass
 class Instance:
-    audio: bytes
+    audio: bytes                   # b"" for text-only models
     text: str | None = None
     speaker: str | None = None
     wave: np.ndarray | None = None
@@ -428,8 +438,11 @@ class EmotionPredictor(Model):
             model = model.to(memory_format=torch.channels_last)
         fc_path = path / "model" / "feature_config.json"
         fc = json.loads(fc_path.read_text()) if fc_path.exists() else {}
-        known = {f.name for f in dataclasses.fields(LogMelConfig)}
-        self.feature_config = LogMelConfig(**{k: v for k, v in fc.items() if k in known})
+        if set(model.inputs) & set(AUDIO_INPUTS):
+            known = {f.name for f in dataclasses.fields(LogMelConfig)}
+            self.feature_config = LogMelConfig(**{k: v for k, v in fc.items() if k in known})
+        else:  # text-only: no audio, no features (its feature_config.json may be empty or absent)
+            self.feature_config = None
         if "speech_emb" in model.inputs:
             self._load_encoders(fc, fc_path)
         self.labels = list(model.labels)
@@ -443,8 +456,14 @@ class EmotionPredictor(Model):
         gc.collect()
         gc.freeze()
         self.ready = True
-        log.info("loaded %s version %s from %s on %s", self.name, self.version, path, self.device)
+        log.info("loaded %s version %s from %s on %s%s", self.name, self.version, path, self.device,
+                 " (text-only: requests carry text, no audio)" if self.text_only else "")
         return self.ready
+
+    @property
+    def text_only(self) -> bool:
+        """The loaded model takes no audio input (see AUDIO_INPUTS): requests carry text only."""
+        return self.model is not None and not set(self.model.inputs) & set(AUDIO_INPUTS)
 
     def _load_encoders(self, fc: dict, fc_path: Path) -> None:
         """The run's speech encoders, loaded and frozen, and the speaker statistics when enabled."""
@@ -550,6 +569,65 @@ class EmotionPredictor(Model):
         self._prepare(inst, where)
         return inst
 
+    def _text_instance(self, text: Any, speaker: Any, where: str) -> Instance:
+        """An instance of a text-only model: non-empty text, optional speaker, no audio."""
+        text = self._text(text, "text", self.config.max_text_chars, where)
+        speaker = self._text(speaker, "speaker", self.config.max_speaker_chars, where)
+        if text is None or not text.strip():
+            raise self._error("missing_text", f"{where}: 'text' is required and must not be empty "
+                                              f"(this model takes text only)")
+        return Instance(audio=b"", text=text, speaker=speaker, mode="text-only")
+
+    def _no_audio(self, where: str) -> InvalidInput:
+        inputs = sorted(self.model.inputs)
+        return self._error("unexpected_audio", f"{where}: 'audio' is not accepted: this model takes text only "
+                                               f"(inputs {inputs}) and cannot use audio; send 'text'")
+
+    def _parse_text_only(self, payload: Any) -> tuple[list[Instance], bool]:
+        """parse() for text-only models: V1 ``{"text", "speaker"}`` instances, v2 BYTES ``text``
+        (required) and ``speaker``; audio is refused, not ignored."""
+        if isinstance(payload, InferRequest):
+            names = [inp.name for inp in payload.inputs]
+            if len(set(names)) != len(names):
+                raise self._error("wrong_type", f"v2 request: duplicate input names {sorted(names)}")
+            inputs = {inp.name: inp for inp in payload.inputs}
+            if "audio" in inputs:
+                raise self._no_audio("v2 input 'audio'")
+            if "text" not in inputs:
+                raise self._error("missing_text", "v2 request: input 'text' (BYTES) is required (this model takes text only)")
+            unknown = sorted(set(inputs) - {"text", "speaker"})
+            if unknown:
+                raise self._error("wrong_type", f"v2 request: unknown inputs {unknown}")
+            columns = {name: self._v2_values(inp) for name, inp in inputs.items()}
+            n = len(columns["text"])
+            for name, vals in columns.items():
+                if len(vals) != n:
+                    raise self._error("wrong_type", f"v2 input {name!r} has {len(vals)} values, 'text' has {n}")
+            if n == 0:
+                raise self._error("empty", "v2 request: 'text' has no values")
+            self._check_count(n, "v2 request")
+            speakers = columns.get("speaker") or [None] * n
+            return [self._text_instance(columns["text"][i], speakers[i] or None, f"inputs[text][{i}]")
+                    for i in range(n)], True
+        if not isinstance(payload, dict):
+            raise self._error("wrong_type", f"request body must be a JSON object, got {type(payload).__name__}")
+        instances = payload.get("instances")
+        if not isinstance(instances, list) or not instances:
+            raise self._error("missing_text", "V1 request: 'instances' must be a non-empty list")
+        self._check_count(len(instances), "V1 request")
+        insts = []
+        for i, inst in enumerate(instances):
+            where = f"instances[{i}]"
+            if not isinstance(inst, dict):
+                raise self._error("wrong_type", f"{where} must be an object with 'text' and optional 'speaker'")
+            if "audio" in inst:
+                raise self._no_audio(where)
+            unknown = sorted(str(k) for k in set(inst) - {"text", "speaker"})
+            if unknown:
+                raise self._error("wrong_type", f"{where}: unknown fields {unknown}")
+            insts.append(self._text_instance(inst.get("text"), inst.get("speaker"), where))
+        return insts, False
+
     def _prepare(self, inst: Instance, where: str) -> None:
         from emoflow.audio.logmel import logmel
 
@@ -622,6 +700,8 @@ class EmotionPredictor(Model):
 
     def parse(self, payload: Any) -> tuple[list[Instance], bool]:
         """Instances from a V1 dict or a v2 InferRequest; the flag says v2."""
+        if self.text_only:
+            return self._parse_text_only(payload)
         if isinstance(payload, InferRequest):
             names = [inp.name for inp in payload.inputs]
             if len(set(names)) != len(names):
@@ -688,7 +768,10 @@ class EmotionPredictor(Model):
             ]
             batch = make_collate(tokenize)(items)
             batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            model_mode = "audio" if mode == "audio-only" and "text" in self.model.inputs else "both"
+            if mode == "text-only":  # every instance its own dialogue: no context across requests
+                model_mode = "text" if "text" in self.model.modes else "both"
+            else:
+                model_mode = "audio" if mode == "audio-only" and "text" in self.model.inputs else "both"
             with torch.inference_mode():  # read-only forward: concurrent batches share the weights
                 result = self.model(batch, mode=model_mode)
             probs = torch.softmax(result["logits"].float(), -1).cpu().numpy()

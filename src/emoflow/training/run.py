@@ -122,10 +122,7 @@ def run_training(
         if not folds:
             raise ValueError(f"no fold named {only_fold!r}")
 
-    def checkpointer(name: str) -> Checkpointer | None:
-        if not checkpoint_prefix:
-            return None
-        return Checkpointer(store, f"{checkpoint_prefix.rstrip('/')}/{arch}-{run_key}/{name}.pt")
+    checkpointer = RunCheckpoints(store, checkpoint_prefix, arch, run_key)
 
     n_members = ensemble_size(preset)
     # member k of a seed ensemble is selected on another held-out part of the training groups
@@ -191,6 +188,10 @@ def run_training(
         _final_fit(summary, data, store, arch, preset, labels, out_dir, seed=seed, dev=dev,
                    final_epoch_count=final_epoch_count, checkpointer=checkpointer, progress=progress)
     (out_dir / "predictions.json").write_text(json.dumps(summary, indent=1, default=float))
+    # done: the checkpoints only served a retry; a fold task drops its own fold's files only
+    # (other folds of the run may still be training)
+    checkpointer.drop([f"{f.name}{'' if k == 0 else f'-m{k}'}" for f in folds for k in range(n_members)]
+                      if only_fold is not None else None)
     return summary
 
 
@@ -305,16 +306,34 @@ def finalize_training(
     data = load_items(utterances, store, labels, set(probe.inputs), progress=progress)
     del probe
 
-    def checkpointer(name: str) -> Checkpointer | None:
-        if not checkpoint_prefix:
-            return None
-        return Checkpointer(store, f"{checkpoint_prefix.rstrip('/')}/{arch}-{run_key}/{name}.pt")
+    checkpointer = RunCheckpoints(store, checkpoint_prefix, arch, run_key)
 
     summary["device"] = str(dev)
     _final_fit(summary, data, store, arch, preset, labels, out_dir, seed=seed, dev=dev,
                final_epoch_count=None, checkpointer=checkpointer, progress=progress)
     (out_dir / "predictions.json").write_text(json.dumps(summary, indent=1, default=float))
+    checkpointer.drop()
     return summary
+
+
+class RunCheckpoints:
+    """Checkpointers of one training run (``<prefix>/<arch>-<run key>/<name>.pt``); none without a prefix."""
+
+    def __init__(self, store, prefix: str | None, arch: str, run_key: str):
+        self.store = store
+        self.base = f"{prefix.rstrip('/')}/{arch}-{run_key}/" if prefix else None
+
+    def __call__(self, name: str) -> Checkpointer | None:
+        return Checkpointer(self.store, f"{self.base}{name}.pt") if self.base else None
+
+    def drop(self, names: Sequence[str] | None = None) -> None:
+        """Delete the named checkpoints (all of the run's when None)."""
+        if not self.base:
+            return
+        keys = [f"{self.base}{n}.pt" for n in names] if names is not None else self.store.list(self.base)
+        for key in keys:
+            self.store.delete(key, missing_ok=True)
+        log.info("removed %d checkpoint(s) under %s", len(keys), self.base)
 
 
 def _run_key(arch: str, preset: dict, cfg: TrainConfig, labels: list[str], utterances: Sequence[Utterance]) -> str:
