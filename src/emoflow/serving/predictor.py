@@ -587,25 +587,12 @@ class EmotionPredictor(Model):
         """parse() for text-only models: V1 ``{"text", "speaker"}`` instances, v2 BYTES ``text``
         (required) and ``speaker``; audio is refused, not ignored."""
         if isinstance(payload, InferRequest):
-            names = [inp.name for inp in payload.inputs]
-            if len(set(names)) != len(names):
-                raise self._error("wrong_type", f"v2 request: duplicate input names {sorted(names)}")
-            inputs = {inp.name: inp for inp in payload.inputs}
+            inputs = self._v2_inputs(payload)
             if "audio" in inputs:
                 raise self._no_audio("v2 input 'audio'")
             if "text" not in inputs:
                 raise self._error("missing_text", "v2 request: input 'text' (BYTES) is required (this model takes text only)")
-            unknown = sorted(set(inputs) - {"text", "speaker"})
-            if unknown:
-                raise self._error("wrong_type", f"v2 request: unknown inputs {unknown}")
-            columns = {name: self._v2_values(inp) for name, inp in inputs.items()}
-            n = len(columns["text"])
-            for name, vals in columns.items():
-                if len(vals) != n:
-                    raise self._error("wrong_type", f"v2 input {name!r} has {len(vals)} values, 'text' has {n}")
-            if n == 0:
-                raise self._error("empty", "v2 request: 'text' has no values")
-            self._check_count(n, "v2 request")
+            columns, n = self._v2_columns(inputs, "text", {"text", "speaker"})
             speakers = columns.get("speaker") or [None] * n
             return [self._text_instance(columns["text"][i], speakers[i] or None, f"inputs[text][{i}]")
                     for i in range(n)], True
@@ -694,6 +681,27 @@ class EmotionPredictor(Model):
                 raise self._error("wrong_type", f"v2 input {name!r}[{i}]: BYTES values must be strings, got {type(v).__name__}")
         return values
 
+    def _v2_inputs(self, payload: InferRequest) -> dict:
+        names = [inp.name for inp in payload.inputs]
+        if len(set(names)) != len(names):
+            raise self._error("wrong_type", f"v2 request: duplicate input names {sorted(names)}")
+        return {inp.name: inp for inp in payload.inputs}
+
+    def _v2_columns(self, inputs: dict, main: str, allowed: set[str]) -> tuple[dict[str, list], int]:
+        """Each input's values; all as many as the `main` input's (at least one, within the limit)."""
+        unknown = sorted(set(inputs) - allowed)
+        if unknown:
+            raise self._error("wrong_type", f"v2 request: unknown inputs {unknown}")
+        columns = {name: self._v2_values(inp) for name, inp in inputs.items()}
+        n = len(columns[main])
+        for name, vals in columns.items():
+            if len(vals) != n:
+                raise self._error("wrong_type", f"v2 input {name!r} has {len(vals)} values, {main!r} has {n}")
+        if n == 0:
+            raise self._error("empty", f"v2 request: {main!r} has no values")
+        self._check_count(n, "v2 request")
+        return columns, n
+
     def _check_count(self, n: int, what: str) -> None:
         if n > self.config.max_instances:
             raise self._error("too_large", f"{what}: {n} instances, the limit is {self.config.max_instances} per request")
@@ -703,23 +711,10 @@ class EmotionPredictor(Model):
         if self.text_only:
             return self._parse_text_only(payload)
         if isinstance(payload, InferRequest):
-            names = [inp.name for inp in payload.inputs]
-            if len(set(names)) != len(names):
-                raise self._error("wrong_type", f"v2 request: duplicate input names {sorted(names)}")
-            inputs = {inp.name: inp for inp in payload.inputs}
+            inputs = self._v2_inputs(payload)
             if "audio" not in inputs:
                 raise self._error("missing_audio", "v2 request: input 'audio' (BYTES) is required")
-            unknown = sorted(set(inputs) - {"audio", "text", "speaker"})
-            if unknown:
-                raise self._error("wrong_type", f"v2 request: unknown inputs {unknown}")
-            columns = {name: self._v2_values(inp) for name, inp in inputs.items()}
-            n = len(columns["audio"])
-            for name, vals in columns.items():
-                if len(vals) != n:
-                    raise self._error("wrong_type", f"v2 input {name!r} has {len(vals)} values, 'audio' has {n}")
-            if n == 0:
-                raise self._error("empty", "v2 request: 'audio' has no values")
-            self._check_count(n, "v2 request")
+            columns, n = self._v2_columns(inputs, "audio", {"audio", "text", "speaker"})
             insts = [
                 self._instance(columns["audio"][i], (columns.get("text") or [None] * n)[i] or None,
                                (columns.get("speaker") or [None] * n)[i] or None, f"inputs[audio][{i}]")
