@@ -268,14 +268,14 @@ def main(argv=None) -> int:
         result, took = _timed(run_fuzz, args.url, cases, args.concurrency)
     else:
         sys.path.insert(0, str(REPO / "benchmarks"))
-        from bench_serving import _free_port, _reap_in_background, register
-        from emoflow.serving.local import start_local_server, stop_local_server
+        from bench_serving import _free_port, register
+        from emoflow.serving.local import reap_in_background, start_local_server, stop_local_server
 
         with tempfile.TemporaryDirectory(prefix="bench-fuzz-") as tmp:
             store = register(Path(tmp), "tiny")
             port = _free_port()
             url = start_local_server("emoflow@production", store, host="127.0.0.1", port=port)
-            _reap_in_background(int((Path(os.environ["EMOFLOW_HOME"]) / "serve" / f"{port}.pid").read_text()))
+            reap_in_background(int((Path(os.environ["EMOFLOW_HOME"]) / "serve" / f"{port}.pid").read_text()))
             try:
                 result, took = _timed(run_fuzz, url, cases, args.concurrency)
             finally:

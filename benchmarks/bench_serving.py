@@ -135,7 +135,7 @@ async def measure(url: str, body: bytes, payload: dict, pred, clients: int, roun
 
 
 def bench_preset(preset: str, args) -> dict:
-    from emoflow.serving.local import start_local_server, stop_local_server
+    from emoflow.serving.local import reap_in_background, start_local_server, stop_local_server
     from emoflow.serving.predictor import EmotionPredictor, ServingConfig
 
     with tempfile.TemporaryDirectory(prefix=f"bench-serving-{preset}-") as tmp:
@@ -154,7 +154,7 @@ def bench_preset(preset: str, args) -> dict:
         url = start_local_server("emoflow@production", store, host="127.0.0.1", port=port, extra_args=extra,
                                  timeout_s=300)
         pid = int((Path(os.environ["EMOFLOW_HOME"]) / "serve" / f"{port}.pid").read_text())
-        _reap_in_background(pid)
+        reap_in_background(pid)
         config = ServingConfig()
         if args.torch_threads:
             config.torch_threads = args.torch_threads
@@ -184,19 +184,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _reap_in_background(pid: int) -> None:
-    """start_local_server's child becomes a zombie on exit; reap it so stopping returns at once."""
-    import threading
-
-    def wait():
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
-
-    threading.Thread(target=wait, daemon=True).start()
 
 
 def main(argv=None) -> int:

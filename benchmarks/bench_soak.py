@@ -112,15 +112,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import psutil
-    from bench_serving import _free_port, _reap_in_background, register
-    from emoflow.serving.local import start_local_server, stop_local_server
+    from bench_serving import _free_port, register
+    from emoflow.serving.local import reap_in_background, start_local_server, stop_local_server
 
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
         store = register(Path(tmp), "tiny")
         port = _free_port()
         url = start_local_server("emoflow@production", store, host="127.0.0.1", port=port)
         pid = int((Path(os.environ["EMOFLOW_HOME"]) / "serve" / f"{port}.pid").read_text())
-        _reap_in_background(pid)
+        reap_in_background(pid)
         proc = psutil.Process(pid)
         rss_samples: list[tuple[float, int]] = []
 

@@ -147,6 +147,11 @@ def train(
         fold_scheme=fold_scheme, n_folds=n_folds or None, seed=seed, epochs=epochs or None,
         checkpoint_prefix="checkpoints", progress=progress,
     )
+    return _write_training(out_dir, summary, feature_config)
+
+
+def _write_training(out_dir: str, summary: dict, feature_config: dict | None) -> dict:
+    """The model's feature config (what the predictor rebuilds) and ``train.json`` beside the model."""
     (Path(out_dir) / "model" / "feature_config.json").write_text(json.dumps(plain(feature_config or {})))
     result = {k: summary[k] for k in ("arch", "labels", "final_epochs", "device")}
     (Path(out_dir) / "train.json").write_text(json.dumps(result))
@@ -166,12 +171,9 @@ def publish_training(work_dir: str, model_dir: str, predictions_path: str) -> No
 
 def plan_folds(manifest: str, *, fold_scheme: str = "logo", n_folds: int = 0, seed: int = 0) -> list[str]:
     """Fold names of the cross-validation plan (what the per-fold fan-out iterates over)."""
-    from emoflow.evaluation.folds import make_folds
+    from emoflow.training.run import fold_plan
 
-    utts = read_manifest(manifest)
-    by_id = {u.id: u for u in utts}  # the same fold plan as emoflow.training.run
-    return [f.name for f in make_folds([by_id[i] for i in by_id], scheme=fold_scheme, n_folds=n_folds or None,
-                                       seed=seed)]
+    return [f.name for f in fold_plan(read_manifest(manifest), fold_scheme, n_folds or None, seed)]
 
 
 def train_fold(
@@ -237,10 +239,7 @@ def finalize(
         n_folds=n_folds or None, seed=seed, epochs=epochs or None, checkpoint_prefix="checkpoints",
         progress=progress,
     )
-    (Path(out_dir) / "model" / "feature_config.json").write_text(json.dumps(plain(feature_config or {})))
-    result = {k: summary[k] for k in ("arch", "labels", "final_epochs", "device")}
-    (Path(out_dir) / "train.json").write_text(json.dumps(result))
-    return result
+    return _write_training(out_dir, summary, feature_config)
 
 
 def fingerprint(manifest: str, *, architectures: Sequence[str] = (), preset: str = "",

@@ -2,9 +2,7 @@
 batch fails all of its requests and nothing else, and a lone request never waits."""
 
 import asyncio
-import os
 import re
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,22 +10,9 @@ import httpx
 import pytest
 
 from emoflow.config import home
-from emoflow.serving.local import start_local_server, stop_local_server
+from emoflow.serving.local import reap_in_background, start_local_server, stop_local_server
 from emoflow.serving.predictor import EmotionPredictor, MicroBatcher, ServingConfig
 from serving.serving_helpers import LABELS, b64, free_port, register_tiny_model, wav_bytes
-
-
-def _reap(port: int) -> None:
-    """Reap the predictor child when it exits, so stop_local_server returns at once."""
-    pid = int((home() / "serve" / f"{port}.pid").read_text())
-
-    def wait():
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
-
-    threading.Thread(target=wait, daemon=True).start()
 
 
 # -- the batcher alone ---------------------------------------------------------------------------
@@ -178,7 +163,7 @@ def test_http_concurrent_requests_are_batched(tmp_path):
     port = free_port()
     url = start_local_server("emoflow@production", store, host="127.0.0.1", port=port,
                              extra_args=["--max_batch_size", "4", "--max_wait_ms", "50"])
-    _reap(port)
+    reap_in_background(int((home() / "serve" / f"{port}.pid").read_text()))
     try:
         before = _histogram(httpx.get(f"{url}/metrics").text, "emoflow_batch_size")
         assert before.get("count", 0) == 0

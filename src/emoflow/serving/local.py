@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +24,18 @@ def _paths(port: int) -> tuple[Path, Path]:
     folder = home() / "serve"
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{port}.pid", folder / f"{port}.log"
+
+
+def reap_in_background(pid: int) -> None:
+    """For a long-lived caller of `start_local_server`: reap the child when it exits (a zombie
+    would keep answering kill(pid, 0), so a later stop would wait its whole timeout)."""
+    def wait() -> None:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+    threading.Thread(target=wait, daemon=True).start()
 
 
 def stop_local_server(port: int, timeout_s: float = 10.0) -> bool:

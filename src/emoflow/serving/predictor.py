@@ -596,12 +596,7 @@ class EmotionPredictor(Model):
             speakers = columns.get("speaker") or [None] * n
             return [self._text_instance(columns["text"][i], speakers[i] or None, f"inputs[text][{i}]")
                     for i in range(n)], True
-        if not isinstance(payload, dict):
-            raise self._error("wrong_type", f"request body must be a JSON object, got {type(payload).__name__}")
-        instances = payload.get("instances")
-        if not isinstance(instances, list) or not instances:
-            raise self._error("missing_text", "V1 request: 'instances' must be a non-empty list")
-        self._check_count(len(instances), "V1 request")
+        instances = self._v1_instances(payload, "missing_text")
         insts = []
         for i, inst in enumerate(instances):
             where = f"instances[{i}]"
@@ -681,6 +676,17 @@ class EmotionPredictor(Model):
                 raise self._error("wrong_type", f"v2 input {name!r}[{i}]: BYTES values must be strings, got {type(v).__name__}")
         return values
 
+    def _v1_instances(self, payload: Any, missing_reason: str) -> list:
+        """The V1 body's ``instances`` list (non-empty, within the limit); `missing_reason` names
+        what an empty request lacks (audio, or text for text-only models)."""
+        if not isinstance(payload, dict):
+            raise self._error("wrong_type", f"request body must be a JSON object, got {type(payload).__name__}")
+        instances = payload.get("instances")
+        if not isinstance(instances, list) or not instances:
+            raise self._error(missing_reason, "V1 request: 'instances' must be a non-empty list")
+        self._check_count(len(instances), "V1 request")
+        return instances
+
     def _v2_inputs(self, payload: InferRequest) -> dict:
         names = [inp.name for inp in payload.inputs]
         if len(set(names)) != len(names):
@@ -721,12 +727,7 @@ class EmotionPredictor(Model):
                 for i in range(n)
             ]
             return insts, True
-        if not isinstance(payload, dict):
-            raise self._error("wrong_type", f"request body must be a JSON object, got {type(payload).__name__}")
-        instances = payload.get("instances")
-        if not isinstance(instances, list) or not instances:
-            raise self._error("missing_audio", "V1 request: 'instances' must be a non-empty list")
-        self._check_count(len(instances), "V1 request")
+        instances = self._v1_instances(payload, "missing_audio")
         insts = []
         for i, inst in enumerate(instances):
             if not isinstance(inst, dict):

@@ -82,6 +82,27 @@ def average_fusion(fits: list[dict]) -> dict:
     }
 
 
+def fold_plan(utterances: Sequence[Utterance], fold_scheme: str, n_folds: int | None, seed: int,
+              val_rotation: int = 0):
+    """The run's folds (utterances de-duplicated by id, last record wins): one plan for the
+    training, the fan-out and the final merge."""
+    from emoflow.evaluation.folds import make_folds
+
+    by_id = {u.id: u for u in utterances}
+    return make_folds(list(by_id.values()), scheme=fold_scheme, n_folds=n_folds, seed=seed,
+                      val_rotation=val_rotation)
+
+
+def _load_data(utterances: Sequence[Utterance], store, arch: str, preset: dict, labels: list[str], seed: int,
+               progress: bool):
+    """What the architecture's inputs need, for every utterance (a probe model names the inputs)."""
+    from emoflow.models import build_model
+
+    seed_everything(seed)
+    probe = build_model(arch, preset, labels)
+    return load_items(utterances, store, labels, set(probe.inputs), progress=progress)
+
+
 def run_training(
     utterances: Sequence[Utterance],
     store,
@@ -101,7 +122,6 @@ def run_training(
     progress: bool = True,
 ) -> dict:
     """Cross-validated training + final fit. Returns the summary also written to predictions.json."""
-    from emoflow.evaluation.folds import make_folds
     from emoflow.models import SeedEnsemble, build_model, ensemble_size
 
     out_dir = Path(out_dir)
@@ -110,13 +130,9 @@ def run_training(
     labels = labels_of(utterances, preset)
     cfg = TrainConfig.from_preset(preset, epochs=epochs, seed=seed)
     dev = pick_device(device)
-    seed_everything(seed)
-    probe = build_model(arch, preset, labels)
-    data = load_items(utterances, store, labels, set(probe.inputs), progress=progress)
-    del probe
+    data = _load_data(utterances, store, arch, preset, labels, seed, progress)
     run_key = _run_key(arch, preset, cfg, labels, utterances)
-    by_id = {u.id: u for u in utterances}
-    folds = make_folds([by_id[i] for i in by_id], scheme=fold_scheme, n_folds=n_folds, seed=seed)
+    folds = fold_plan(utterances, fold_scheme, n_folds, seed)
     if only_fold is not None:
         folds = [f for f in folds if f.name == only_fold]
         if not folds:
@@ -126,8 +142,8 @@ def run_training(
 
     n_members = ensemble_size(preset)
     # member k of a seed ensemble is selected on another held-out part of the training groups
-    rotated = [{f.name: f for f in make_folds([by_id[i] for i in by_id], scheme=fold_scheme, n_folds=n_folds,
-                                              seed=seed, val_rotation=k)} for k in range(1, n_members)]
+    rotated = [{f.name: f for f in fold_plan(utterances, fold_scheme, n_folds, seed, val_rotation=k)}
+               for k in range(1, n_members)]
     results: dict = {}
     for fold in folds:
         test = data.subset(fold.test_ids)
@@ -285,26 +301,19 @@ def finalize_training(
 
     Gives the same ``model/`` and ``predictions.json`` as `run_training` without `only_fold`.
     The parts must match this run (same run key) and cover every fold of the plan."""
-    from emoflow.evaluation.folds import make_folds
-    from emoflow.models import build_model
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     preset = resolve_preset(arch, preset)
     labels = labels_of(utterances, preset)
     cfg = TrainConfig.from_preset(preset, epochs=epochs, seed=seed)
     run_key = _run_key(arch, preset, cfg, labels, utterances)
-    by_id = {u.id: u for u in utterances}  # the same fold plan as run_training
-    plan = [f.name for f in make_folds([by_id[i] for i in by_id], scheme=fold_scheme, n_folds=n_folds, seed=seed)]
+    plan = [f.name for f in fold_plan(utterances, fold_scheme, n_folds, seed)]
     summary = merge_fold_predictions(parts, expected_folds=plan)
     if summary["run_key"] != run_key:
         raise ValueError(f"fold predictions come from run {summary['run_key']}, not this one ({run_key}): "
                          "data, preset or training config differ")
     dev = pick_device(device)
-    seed_everything(seed)
-    probe = build_model(arch, preset, labels)
-    data = load_items(utterances, store, labels, set(probe.inputs), progress=progress)
-    del probe
+    data = _load_data(utterances, store, arch, preset, labels, seed, progress)
 
     checkpointer = RunCheckpoints(store, checkpoint_prefix, arch, run_key)
 
