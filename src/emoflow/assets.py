@@ -51,6 +51,19 @@ class AssetMissing(RuntimeError):
     pass
 
 
+MIRROR_ENV = "EMOFLOW_ASSETS_URI"
+
+
+def use_mirror(uri: str) -> None:
+    """Fetch missing assets from this mirror (an s3:// or local URI) in this process and its children.
+
+    An empty ``uri`` leaves things as they are (assets must already be under $EMOFLOW_HOME)."""
+    if uri:
+        import os
+
+        os.environ[MIRROR_ENV] = uri
+
+
 def asset_path(name: str) -> Path:
     """Folder of an unpacked asset; a clear error says how to fetch it when absent."""
     if name not in ASSETS:

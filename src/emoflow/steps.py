@@ -402,7 +402,8 @@ def deploy(model_ref: str, store: str, *, target: str = "local", host: str = "12
            namespace: str = "emoflow", isvc_name: str = "emoflow", storage_uri: str = "",
            gpu: int = 1, node_selector: dict | None = None, tolerations: list | None = None,
            service_account: str = "emoflow-s3", canary_traffic_percent: int = -1,
-           timeout_s: int = 600) -> str:
+           timeout_s: int = 600, image: str = "", image_pull_secrets: list | None = None,
+           assets: str = "") -> str:
     """Serve a registered model: locally on `host:port`, or as a KServe InferenceService."""
     if target == "local":
         from emoflow.serving.local import start_local_server
