@@ -321,6 +321,17 @@ def test_a_manifest_cannot_write_outside_the_asset_folder(own_mirror, empty_home
     assert _leftovers(empty_home) == [] and not (empty_home / "escape").exists()
 
 
+@pytest.mark.parametrize("manifest", [b"not json", b"[1, 2]", b'{"format": 1, "asset": "mpnet", "files": {}}',
+                                      b'{"format": 1, "asset": "minilm", "files": {"vocab.txt": {"size": 3}}}'])
+def test_a_bad_manifest_fails_naming_it(own_mirror, empty_home, manifest):
+    uri, store = own_mirror
+    store.put_bytes("minilm/manifest.json", manifest)
+    use_mirror(uri)
+    with pytest.raises(AssetCorrupt, match=f"manifest {uri}/minilm/manifest.json"):
+        asset_path("minilm")
+    assert _leftovers(empty_home) == []
+
+
 def test_an_interrupted_download_is_cleaned_up(source_home, empty_home, tmp_path):
     uri = str(tmp_path / "folder-mirror")
     _push_to(uri, source_home, ["minilm"])

@@ -198,7 +198,9 @@ def read_manifest(store, name: str, uri: str) -> dict | None:
         manifest = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AssetCorrupt(f"offline asset {name!r}: manifest {where} is not JSON ({exc})") from None
-    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict):
+        manifest = {}
+    files = manifest.get("files")
     if manifest.get("asset") != name or manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict) \
             or not files:
         raise AssetCorrupt(f"offline asset {name!r}: manifest {where} is not a format-{MANIFEST_FORMAT} manifest "
@@ -295,6 +297,7 @@ def push(uri: str, names: Iterable[str] | None = None) -> list[dict]:
     names = list(names or [n for n in ASSETS if is_local(n)])
     if not names:
         raise AssetMissing(f"no offline assets under {assets_dir()}; run `emoflow assets fetch minilm ...` first")
+    _say(f"checksums of {', '.join(names)} under {assets_dir()}")
     manifests = {n: local_manifest(n) for n in names}  # every name checked before anything is sent
     store = _open_mirror(uri, create=uri.startswith("s3://"))
     out = []
