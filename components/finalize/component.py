@@ -19,11 +19,15 @@ def finalize(
     seed: int,
     feature_config: dict,
     cache_key: str,
+    assets: str,
     model: Output[Model],
     predictions: Output[Dataset],
 ) -> dict:
     """Merge the folds' predictions and fit the final model (median best epoch): the same outputs as train."""
     from emoflow import steps
+    from emoflow.assets import use_mirror
+
+    use_mirror(assets)  # encoders from the offline-asset mirror when not under $EMOFLOW_HOME
 
     work = model.path + ".work"
     summary = steps.finalize(manifest.path, store, arch, preset, [p.path for p in fold_predictions], work,

@@ -16,6 +16,7 @@ def train(
     seed: int,
     feature_config: dict,
     cache_key: str,
+    assets: str,
     model: Output[Model],
     predictions: Output[Dataset],
 ) -> dict:
@@ -23,6 +24,9 @@ def train(
 
     `cache_key` (content of data and configuration) only feeds KFP's cache key."""
     from emoflow import steps
+    from emoflow.assets import use_mirror
+
+    use_mirror(assets)  # encoders from the offline-asset mirror when not under $EMOFLOW_HOME
 
     work = model.path + ".work"
     summary = steps.train(manifest.path, store, arch, preset, work, epochs=epochs, fold_scheme=fold_scheme,

@@ -16,12 +16,16 @@ def train_fold(
     n_folds: int,
     seed: int,
     cache_key: str,
+    assets: str,
     predictions: Output[Dataset],
 ) -> dict:
     """One fold of one architecture (train, select on validation, predict the test groups); no final fit.
 
     `cache_key` (content of data and configuration) only feeds KFP's cache key."""
     from emoflow import steps
+    from emoflow.assets import use_mirror
+
+    use_mirror(assets)  # encoders from the offline-asset mirror when not under $EMOFLOW_HOME
 
     summary = steps.train_fold(manifest.path, store, arch, preset, fold, predictions.path, epochs=epochs,
                                fold_scheme=fold_scheme, n_folds=n_folds, seed=seed)

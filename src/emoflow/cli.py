@@ -22,27 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-from emoflow.config import home, load_yaml, store_uri
+from emoflow import runconfig
+from emoflow.config import home, store_uri
 
 LOCAL_PARALLEL_TASKS = 2  # what kfp.local's SubprocessRunner runs at once
-
-RUN_DEFAULTS = {
-    "corpus": "demo",
-    "source": "",
-    "architectures": ["a1"],
-    "preset": "demo",
-    "epochs": 4,
-    "fold_scheme": "logo",
-    "n_folds": 0,
-    "seed": 0,
-    "transcribe_backend": "auto",
-    "model_name": "emoflow",
-    "alias": "production",
-    "winner_metric": "ua",
-    "deploy_target": "local",
-    "serve_port": 8080,
-    "fan_out_folds": False,
-}
+DEMO_CONFIG = "demo"  # the packaged run config `emoflow run` uses when no --config is given
 
 
 def project_root() -> Path:
@@ -64,26 +48,25 @@ def _import_pipelines():
 
 def cmd_compile(args: argparse.Namespace) -> int:
     training = _import_pipelines()
-    path = training.compile_pipeline(args.output)
+    path = training.compile_pipeline(args.output, image_pull_secrets=args.image_pull_secret or None)
     print(f"pipeline written to {path}: upload it in the Kubeflow UI (Pipelines → Upload pipeline)")
     return 0
 
 
 def _run_config(args: argparse.Namespace) -> dict:
-    cfg = dict(RUN_DEFAULTS)
-    if args.config:
-        loaded = load_yaml(args.config) or {}
-        unknown = set(loaded) - set(RUN_DEFAULTS) - {"feature_config", "ingest_options", "store", "promote_margin"}
-        if unknown:
-            raise SystemExit(f"emoflow run: unknown keys in {args.config}: {sorted(unknown)}")
-        cfg.update(loaded)
-    for key in RUN_DEFAULTS:
-        value = getattr(args, key, None)
-        if value is not None:
-            cfg[key] = value
-    if isinstance(cfg["architectures"], str):
-        cfg["architectures"] = [a.strip() for a in cfg["architectures"].split(",") if a.strip()]
-    cfg["store"] = args.store or cfg.get("store") or store_uri()
+    """The local run's parameters: run-config defaults ← the --config files (else the demo config)
+    ← flags. The store is this machine's unless a config or --store names one."""
+    configs = args.config or [DEMO_CONFIG]
+    layers = [(runconfig.config_path(c).name, runconfig.load(c)) for c in configs]
+    cfg, sources = runconfig.layered(*layers, ("flags", runconfig.from_args(args)))
+    if sources["store"] == "default":  # the pipeline's default is the cluster's bucket
+        cfg["store"], sources["store"] = store_uri(), "local store"
+    if cfg["deploy_target"] == "kserve" and sources["deploy_target"] == "default":
+        raise SystemExit(f"emoflow run: {', '.join(configs)} does not set deploy_target, and the pipeline default "
+                         "(kserve) deploys to a cluster; set `deploy_target: local` or `none` in the config, "
+                         "or pass --deploy local|none|kserve")
+    print("emoflow run: parameters from " + ", ".join(sorted(set(sources.values()) - {"default"})
+                                                      or ["the defaults"]) + " over the defaults")
     return cfg
 
 
@@ -144,11 +127,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     root = home() / "pipeline_root"
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
-    params = {k: cfg[k] for k in cfg if k in training.pipeline_params()}
     print(f"emoflow run: corpus {cfg['corpus']}, architectures {', '.join(cfg['architectures'])}, "
-          f"preset {cfg['preset']}, store {cfg['store']}")
+          f"preset {cfg['preset']}, epochs {cfg['epochs'] or 'of the preset'}, store {cfg['store']}, "
+          f"deploy {cfg['deploy_target']}")
     started = time.time()
-    run = training.build_pipeline(cluster=False)(**params)
+    run = training.build_pipeline(cluster=False)(**cfg)
     registration = run.output if hasattr(run, "output") else run
     print(f"\npipeline finished in {time.time() - started:.0f} s")
     print_results(registration)
@@ -163,16 +146,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    import kfp
+    from emoflow.monitoring.schedule import kfp_client
 
     training = _import_pipelines()
-    package = training.compile_pipeline(str(home() / "emoflow-training.yaml"))
-    params = json.loads(args.params) if args.params else {}
-    client = kfp.Client(host=args.host, namespace=args.namespace)
+    params = runconfig.given(args.config, args.param)
+    if args.params:
+        params.update(runconfig.validate(json.loads(args.params), "--params"))
+    # task pods get the image pull secrets compiled in: compile with the run's own list
+    package = training.compile_pipeline(str(home() / "emoflow-training.yaml"),
+                                        image_pull_secrets=params.get("image_pull_secrets"))
+    client = kfp_client(args.host, token_file=args.kfp_token_file)
     run = client.create_run_from_pipeline_package(
-        package, arguments=params, experiment_name=args.experiment, run_name=args.run_name, enable_caching=True
+        package, arguments=params, experiment_name=args.experiment, run_name=args.run_name, enable_caching=True,
+        namespace=args.namespace, service_account=args.service_account,
     )
-    print(f"submitted run {run.run_id} to {args.host}")
+    print(f"submitted run {run.run_id} to {args.host or 'the in-cluster KFP API'}"
+          + (f" in namespace {args.namespace}" if args.namespace else ""))
     return 0
 
 
@@ -213,35 +202,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="run the training pipeline locally (kfp.local) and serve the winner")
-    p.add_argument("--config", help="YAML with pipeline parameters (see benchmarks/*.yaml)")
-    p.add_argument("--corpus")
-    p.add_argument("--source")
-    p.add_argument("--architectures", help="comma-separated, e.g. a1,a2")
-    p.add_argument("--preset")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--fold-scheme", dest="fold_scheme")
-    p.add_argument("--n-folds", dest="n_folds", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--transcribe", dest="transcribe_backend")
-    p.add_argument("--deploy", dest="deploy_target", choices=["local", "none"])
-    p.add_argument("--port", dest="serve_port", type=int)
-    p.add_argument("--fan-out-folds", dest="fan_out_folds", action="store_true", default=None,
-                   help="one training task per fold (as a cluster runs them in parallel)")
-    p.add_argument("--store")
-    p.add_argument("--no-request", action="store_true", help="skip the final HTTP request")
+    p = sub.add_parser(
+        "run", help="run the training pipeline locally (kfp.local) and serve the winner",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the training pipeline on this machine (kfp.local).\n\n"
+        "Parameters, later layers winning: the run-config defaults (the pipeline's, for a cluster) <- the "
+        f"--config files, or without one the demo config {runconfig.CONFIG_DIR / (DEMO_CONFIG + '.yaml')} "
+        "<- the flags below. A config is a YAML mapping of the parameter names below "
+        "(e.g. benchmarks/configs/*.yaml); unknown keys are refused.")
+    p.add_argument("--config", action="append", default=[], metavar="RUN.yaml",
+                   help="run-config YAML; repeatable, later files win; a bare name means "
+                        f"{runconfig.CONFIG_DIR}/<name>.yaml (default: {DEMO_CONFIG})")
+    p.add_argument("--no-request", action="store_true", help="skip the final HTTP request to the served model")
+    runconfig.add_arguments(p, (f"{DEMO_CONFIG}.yaml", runconfig.load(DEMO_CONFIG)))
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compile", help="write the pipeline YAML for the Kubeflow UI")
     p.add_argument("-o", "--output", default="emoflow-training.yaml")
+    p.add_argument("--image-pull-secret", action="append", default=[], metavar="SECRET",
+                   help="image pull Secret set on every task pod and the default of the image_pull_secrets "
+                        f"parameter; repeatable (default ${runconfig.PULL_SECRETS_ENV}, comma-separated)")
     p.set_defaults(func=cmd_compile)
 
+    from emoflow.monitoring.cli import add_kfp_arguments
+
     p = sub.add_parser("submit", help="upload and run the pipeline on Kubeflow")
-    p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.org/pipeline")
-    p.add_argument("--namespace", default=None)
-    p.add_argument("--experiment", default="emoflow")
+    add_kfp_arguments(p)
     p.add_argument("--run-name", default=None)
-    p.add_argument("--params", default=None, help='JSON pipeline parameters, e.g. \'{"corpus": "iemocap"}\'')
+    runconfig.add_source_arguments(p)
+    p.add_argument("--params", default=None,
+                   help='run parameters as one JSON object, e.g. \'{"corpus": "iemocap"}\' (wins over --param)')
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("serve", help="start the predictor for a registered model on this machine")
@@ -282,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (runconfig.RunConfigError, json.JSONDecodeError) as exc:
+        parser.exit(2, f"emoflow {args.command}: {exc}\n")
 
 
 if __name__ == "__main__":

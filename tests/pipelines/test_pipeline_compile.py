@@ -1,11 +1,13 @@
 """The compiled pipeline YAML: what a Kubeflow cluster will actually run."""
 
+import re
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from emoflow import runconfig
 from emoflow.images import image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,7 +62,7 @@ def test_training_tasks_request_a_gpu(compiled):
         assert res["memoryLimit"] > 16 and res["cpuLimit"] >= 4, name
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert params["accelerator_type"]["defaultValue"] == "nvidia.com/gpu"
-    assert params["gpu_count"]["defaultValue"] == 1
+    assert params["gpu_count"]["defaultValue"] == "1"
     # no other step asks for a GPU
     for name, ex in executors(spec).items():
         if name not in TRAINING_EXECS:
@@ -103,6 +105,10 @@ def test_retries_and_timeouts(compiled):
     for name in ("exec-ingest", "exec-fingerprint", "exec-features", "exec-plan-folds", "exec-register",
                  "exec-register-2", "exec-deploy"):
         assert 0 < int(k8s[name]["activeDeadlineSeconds"]) <= 4 * 3600, name
+    # the deploy pod lives longer than the longest readiness wait a run may ask for
+    assert int(k8s["exec-deploy"]["activeDeadlineSeconds"]) > runconfig.MAX_DEPLOY_TIMEOUT_S
+    with pytest.raises(runconfig.RunConfigError, match="deploy_timeout_s"):
+        runconfig.validate({"deploy_timeout_s": runconfig.MAX_DEPLOY_TIMEOUT_S + 1})
 
 
 def test_local_variant_has_no_retries_or_kubernetes_settings(tmp_path):
@@ -211,6 +217,209 @@ def test_optional_fan_out_per_fold(compiled):
 
 
 def test_parameters_have_descriptions(compiled):
-    text, _, _ = compiled
-    for name in ("corpus", "source", "architectures", "fan_out_folds", "deploy_target", "accelerator_type"):
-        assert f"#    {name}:" in text
+    text, spec, _ = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    for p in runconfig.PARAMS:
+        assert f"#    {p.name}:" in text
+        assert " ".join(params[p.name]["description"].split()) == p.help, p.name
+
+
+# kfp 2.17 ParameterType of each Python type of a run parameter
+PARAMETER_TYPES = {str: "STRING", int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE", bool: "BOOLEAN",
+                   list: "LIST", dict: "STRUCT"}
+
+
+def test_pipeline_parameters_are_the_run_config(compiled):
+    """Names, types, defaults and order of the pipeline's parameters come from emoflow.runconfig."""
+    _, spec, _ = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(params) == set(runconfig.names())
+    defaults = runconfig.defaults()
+    for p in runconfig.PARAMS:
+        assert params[p.name]["parameterType"] == PARAMETER_TYPES[p.type], p.name
+        # protobuf Values carry every number as a double: 0 compiles as 0.0
+        assert params[p.name]["defaultValue"] == defaults[p.name], p.name
+    assert list(training.build_pipeline().component_spec.inputs) == runconfig.names()
+    # the cluster defaults, not the demo's
+    assert (params["preset"]["defaultValue"], params["deploy_target"]["defaultValue"]) == ("tiny", "kserve")
+
+
+def component_of(spec: dict, task: dict) -> dict:
+    return spec["components"][task["componentRef"]["name"]]
+
+
+def test_component_inputs_fed_from_a_pipeline_parameter_have_its_type(compiled):
+    """A component's explicit signature must agree with the run config wherever a pipeline
+    parameter feeds it (a NUMBER fed into a STRING input fails the task at run time)."""
+    _, spec, _ = compiled
+    root = spec["root"]["inputDefinitions"]["parameters"]
+    checked = set()
+    for name, task in all_tasks(spec).items():
+        if "executorLabel" not in component_of(spec, task):
+            continue  # a DAG (loop, condition): its inputs are the channels themselves
+        inputs = component_of(spec, task)["inputDefinitions"]["parameters"]
+        for input_name, source in task["inputs"].get("parameters", {}).items():
+            param = source.get("componentInputParameter", "").removeprefix("pipelinechannel--")
+            if input_name not in inputs:
+                continue  # a channel the task carries for a pod-spec placeholder (checked below)
+            if param in root and "parameterExpressionSelector" not in source:
+                assert inputs[input_name]["parameterType"] == root[param]["parameterType"], (name, input_name, param)
+                checked.add((name, input_name))
+    assert {("deploy", "gpu"), ("deploy", "image"), ("deploy", "timeout_s"), ("train", "epochs"),
+            ("features", "assets")} <= checked
+
+
+# The KFP backend driver (kubeflow/pipelines backend/src/v2/driver, VERSION 2.17.0, commit 7b70c7b) resolves
+# a pod-spec placeholder "{{$.inputs.parameters['pipelinechannel--X']}}" (container image, cpu/memory
+# limits and requests, accelerator type and count: driver.go initPodSpecPatch / getPodResource) with
+# resolvePodSpecInputRuntimeParameter (resolve.go), which returns structpb Value.GetStringValue(): ""
+# for a NUMBER, and then `if acceleratorType != "" && acceleratorCount != ""` silently drops the GPU
+# limit. So every such placeholder must name an input whose parameterType is STRING.
+# nodeSelectorJson and tolerationJson (k8s.go) go through resolveK8sJsonParameter /
+# resolveInputParameter: a node selector is read with GetStructValue() into map[string]string (a
+# STRUCT whose values are strings); a toleration is a STRUCT (one Toleration) or a LIST of them.
+# An imagePullSecret's secretNameParameter is read with GetStringValue(): STRING.
+PLACEHOLDER = re.compile(r"\{\{\$\.inputs\.parameters\['([^']+)'\]\}\}")
+
+
+def pod_spec_strings(container: dict) -> dict:
+    """The container fields the driver resolves as pod-spec values, by field path."""
+    out = {"image": container["image"]}
+    for key, value in container.get("resources", {}).items():
+        if isinstance(value, str):
+            out[f"resources.{key}"] = value
+    for key, value in container.get("resources", {}).get("accelerator", {}).items():
+        out[f"resources.accelerator.{key}"] = str(value)
+    return out
+
+
+def tasks_of_executor(spec: dict) -> dict:
+    """executor label -> [(inputDefinitions of the DAG holding the task, the task)]."""
+    dags = [(spec["root"]["inputDefinitions"]["parameters"], spec["root"]["dag"])] + [
+        (c.get("inputDefinitions", {}).get("parameters", {}), c["dag"]) for c in spec["components"].values()
+        if "dag" in c]
+    out: dict = {}
+    for dag_inputs, dag in dags:
+        for task in dag["tasks"].values():
+            label = component_of(spec, task).get("executorLabel")
+            if label:
+                out.setdefault(label, []).append((dag_inputs, task))
+    return out
+
+
+def parameter_type(spec: dict, dag_inputs: dict, source: dict) -> str:
+    """The parameterType of what feeds a task input: a DAG input, another task's output, a constant."""
+    if "componentInputParameter" in source:
+        return dag_inputs[source["componentInputParameter"]]["parameterType"]
+    if "taskOutputParameter" in source:
+        out = source["taskOutputParameter"]
+        producer = next(t for t in all_tasks(spec).values() if t["taskInfo"]["name"] == out["producerTask"])
+        return component_of(spec, producer)["outputDefinitions"]["parameters"][out["outputParameterKey"]]["parameterType"]
+    value = source["runtimeValue"]["constant"]
+    return "STRING" if isinstance(value, str) else type(value).__name__
+
+
+def test_every_task_input_resolves_in_its_parent_dag(compiled):
+    """The driver resolves a componentInputParameter from the inputs of the DAG holding the task
+    (resolve.go resolveInputParameter: "parent DAG does not have input parameter …"): each one
+    must be declared by that DAG, the loop and condition DAGs included."""
+    _, spec, _ = compiled
+    dags = [("root", spec["root"])] + [(n, c) for n, c in spec["components"].items() if "dag" in c]
+    for dag_name, dag in dags:
+        declared = dag.get("inputDefinitions", {}).get("parameters", {})
+        for task_name, task in dag["dag"]["tasks"].items():
+            for input_name, source in task["inputs"].get("parameters", {}).items():
+                if "componentInputParameter" in source:
+                    assert source["componentInputParameter"] in declared, (dag_name, task_name, input_name)
+
+
+def test_pod_spec_placeholders_come_from_string_parameters(compiled):
+    _, spec, k8s = compiled
+    root = spec["root"]["inputDefinitions"]["parameters"]
+    users = tasks_of_executor(spec)
+    found = []
+    for label, executor in executors(spec).items():
+        for path, value in pod_spec_strings(executor["container"]).items():
+            for name in PLACEHOLDER.findall(value):
+                for dag_inputs, task in users[label]:
+                    found.append((label, path))
+                    source = task["inputs"]["parameters"][name]
+                    assert parameter_type(spec, dag_inputs, source) == "STRING", (label, path, name)
+                param = name.removeprefix("pipelinechannel--")
+                if param in root:
+                    assert root[param]["parameterType"] == "STRING", (label, path, param)
+    for label in TRAINING_EXECS:  # not vacuous: the GPU request is parameterised
+        assert {(label, "resources.accelerator.resourceType"), (label, "resources.accelerator.resourceCount")} <= set(found)
+    # platform-spec inputs: the driver resolves them against the parent DAG's inputs (k8s.go), the
+    # JSON ones into what it unmarshals them into
+    for label, cfg in k8s.items():
+        for dag_inputs, _ in users[label]:
+            def fed(name):
+                return dag_inputs[name]["parameterType"]
+
+            if "nodeSelector" in cfg:
+                assert fed(cfg["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"]) == "STRUCT", label
+            for tol in cfg.get("tolerations", []):
+                assert fed(tol["tolerationJson"]["componentInputParameter"]) in ("STRUCT", "LIST"), label
+            for secret in cfg.get("imagePullSecret", []):
+                source = secret["secretNameParameter"]
+                if "componentInputParameter" in source:
+                    assert fed(source["componentInputParameter"]) == "STRING", label
+
+
+def test_json_pod_spec_parameters_are_what_the_driver_unmarshals():
+    """node_selector must be map[string]string, tolerations Kubernetes Toleration objects."""
+    assert runconfig.validate({"node_selector": {"nvidia.com/gpu.present": "true"},
+                               "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                                "effect": "NoSchedule"}]})
+    with pytest.raises(runconfig.RunConfigError, match="node_selector: labels must map strings to strings"):
+        runconfig.validate({"node_selector": {"nvidia.com/gpu.present": True}})
+    with pytest.raises(runconfig.RunConfigError, match="tolerations: item 0 has unknown Toleration fields"):
+        runconfig.validate({"tolerations": [{"key": "gpu", "effects": "NoSchedule"}]})
+
+
+@pytest.fixture()
+def configured(tmp_path, monkeypatch):
+    """The pipeline compiled by `emoflow compile` with a registry, tag and pull secret configured."""
+    from emoflow import cli
+
+    monkeypatch.setenv("EMOFLOW_IMAGE_REGISTRY", "reg.example/team")
+    monkeypatch.setenv("EMOFLOW_IMAGE_TAG", "9.9.9")
+    monkeypatch.setenv(runconfig.PULL_SECRETS_ENV, "regcred")
+    path = tmp_path / "pipeline.yaml"
+    assert cli.main(["compile", "-o", str(path), "--image-pull-secret", "regcred",
+                     "--image-pull-secret", "mirror-cred"]) == 0
+    text = path.read_text()
+    docs = list(yaml.safe_load_all(text))
+    return text, docs[0], docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_every_image_is_the_configured_one(configured):
+    """Images are resolved when compiling (not when the components were imported), and the serving
+    image's default comes from the same settings: nothing points at the placeholder registry."""
+    text, spec, k8s = configured
+    for name, ex in executors(spec).items():
+        kind = "train-gpu" if name in TRAINING_EXECS else "base"
+        assert ex["container"]["image"] == f"reg.example/team/emoflow-{kind}:9.9.9", name
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["serving_image"]["defaultValue"] == "reg.example/team/emoflow-serve-gpu:9.9.9"
+    assert "ghcr.io/your-org" not in text
+    # image pull secrets: constants on every task pod, and the InferenceService's default
+    assert params["image_pull_secrets"]["defaultValue"] == ["regcred", "mirror-cred"]
+    for label in executors(spec):
+        assert [s["secretName"] for s in k8s[label]["imagePullSecret"]] == ["regcred", "mirror-cred"], label
+
+
+def test_deploy_gets_image_timeout_pull_secrets_and_assets(compiled):
+    _, spec, _ = compiled
+    tasks = all_tasks(spec)
+    deploy = {k: v["componentInputParameter"] for k, v in tasks["deploy"]["inputs"]["parameters"].items()
+              if "componentInputParameter" in v}
+    for input_name, param in {"image": "serving_image", "timeout_s": "deploy_timeout_s", "gpu": "gpu_count",
+                              "image_pull_secrets": "image_pull_secrets", "assets": "assets",
+                              "namespace": "namespace"}.items():
+        assert deploy[input_name] == f"pipelinechannel--{param}", input_name
+    # every task that may load encoders gets the offline-asset mirror
+    for name in ("transcribe", "features", "train", "train-fold", "finalize", "deploy"):
+        source = tasks[name]["inputs"]["parameters"]["assets"]["componentInputParameter"]
+        assert source.removeprefix("pipelinechannel--") == "assets", name

@@ -1,7 +1,13 @@
 """Scheduled retraining: a KFP recurring run of the training pipeline.
 
     emoflow schedule --host http://ml-pipeline-ui.kubeflow --pipeline pipeline.yaml \
-        --cron "0 0 3 * * *" --experiment emoflow --job-name emoflow-nightly [--param key=value ...]
+        --cron "0 0 3 * * *" --config run.yaml [--param key=value ...] \
+        [--namespace <profile namespace>] [--service-account <run's ServiceAccount>]
+
+The run's parameters are required (a run-config YAML, see emoflow.runconfig, and/or --param): a
+retraining never falls back to the pipeline's defaults (corpus=demo, synthetic data), so
+``corpus`` and ``source`` must be given. The retraining registers a ``candidate`` unless ``alias``
+says otherwise.
 
 KFP cron expressions have SIX fields, seconds first:
 ``second minute hour day-of-month month day-of-week`` ("0 0 3 * * *" = every day at 03:00:00).
@@ -17,14 +23,40 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from emoflow import runconfig
+
 CRON_FIELDS = ("second", "minute", "hour", "day-of-month", "month", "day-of-week")
 _FIELD = re.compile(r"^[0-9A-Za-z*/,?#\-]+$")
+RETRAIN_REQUIRED = ("corpus", "source")  # the data: never the pipeline's demo default
 
 
 def retrain_params(params: dict | None = None) -> dict:
-    """Pipeline parameters of a retraining run: the new model is a `candidate`, promoted to
+    """Pipeline parameters of a retraining run, validated by the run config.
+
+    The run's data must be given (RETRAIN_REQUIRED); the new model is a `candidate`, promoted to
     production only if it beats it (see emoflow.steps.register), unless the caller says otherwise."""
-    return {"alias": "candidate", **(params or {})}
+    params = runconfig.validate(params or {}, "retraining parameters")
+    missing = [k for k in RETRAIN_REQUIRED if not params.get(k)]
+    if missing:
+        raise runconfig.RunConfigError(
+            f"retraining needs the run's data: {' and '.join(missing)} not given (pass --config run.yaml "
+            "with corpus and source, or --param corpus=... --param source=...); the pipeline's defaults "
+            "(corpus=demo: synthetic data) are never used for retraining")
+    return {"alias": "candidate", **params}
+
+
+def kfp_client(host: str | None, *, token_file: str | None = None):
+    """A kfp.Client. `token_file`: a bearer token read from this file on every request (a projected
+    ServiceAccount token, which the kubelet rotates: what multi-user KFP authenticates in-cluster
+    callers with; kfp 2.17's ServiceAccountTokenVolumeCredentials). Without it, kfp.Client's own
+    defaults apply (in a pod with no host: the token at /var/run/secrets/kubeflow/pipelines/token)."""
+    import kfp
+    from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
+
+    if token_file and not Path(token_file).is_file():
+        raise ValueError(f"KFP token file {token_file} does not exist")
+    credentials = ServiceAccountTokenVolumeCredentials(path=token_file) if token_file else None
+    return kfp.Client(host=host, credentials=credentials)
 
 
 def validate_cron(cron: str) -> str:
@@ -45,13 +77,18 @@ def validate_cron(cron: str) -> str:
 
 def create_schedule(client, pipeline_package_path, cron: str, *, experiment: str = "emoflow",
                     job_name: str = "emoflow-retrain", params: dict | None = None,
-                    description: str | None = None, namespace: str | None = None):
+                    description: str | None = None, namespace: str | None = None,
+                    service_account: str | None = None):
     """Create a recurring run of the compiled pipeline through `client` (a kfp.Client).
 
     cron: 6 fields, seconds first, evaluated in UTC. Uses no_catchup=True, max_concurrency=1.
+    params: the run's parameters (corpus and source required, see retrain_params).
+    namespace: the KFP profile namespace (multi-user; the experiment, hence its runs, live there).
+    service_account: the Kubernetes ServiceAccount the runs' pods use (KFP's default when None).
     Returns what client.create_recurring_run returns (a V2beta1RecurringRun).
     """
     cron = validate_cron(cron)
+    params = retrain_params(params)
     path = Path(pipeline_package_path)
     if not path.is_file():
         raise ValueError(f"pipeline package {path} does not exist (compile it with `emoflow compile`)")
@@ -65,7 +102,8 @@ def create_schedule(client, pipeline_package_path, cron: str, *, experiment: str
         cron_expression=cron,
         max_concurrency=1,
         no_catchup=True,
-        params=retrain_params(params),
+        params=params,
         pipeline_package_path=str(path),
         enabled=True,
+        service_account=service_account,
     )

@@ -1,7 +1,16 @@
 """Alertmanager webhook receiver that starts one retraining run per drift episode.
 
-    emoflow retrain-webhook --pipeline pipeline.yaml --host http://ml-pipeline-ui.kubeflow \
-        --token-file /var/run/secrets/emoflow/webhook-token [--bind 127.0.0.1 --port 9095]
+    emoflow retrain-webhook --pipeline pipeline.yaml --config run.yaml \
+        --token-file /var/run/secrets/emoflow/webhook-token [--bind 127.0.0.1 --port 9095] \
+        [--host http://ml-pipeline.kubeflow:8888] [--kfp-token-file /var/run/secrets/kubeflow/pipelines/token] \
+        [--namespace <profile namespace>] [--service-account <run's ServiceAccount>]
+
+In a container (the Deployment), listen on every interface: ``--bind 0.0.0.0``. The run's
+parameters (--config run.yaml / --param) are required and must name corpus and source: a
+retraining never uses the pipeline's defaults (see emoflow.monitoring.schedule.retrain_params).
+KFP authentication in the cluster: multi-user KFP accepts the projected ServiceAccount token
+(audience ``pipelines.kubeflow.org``) mounted at /var/run/secrets/kubeflow/pipelines/token, which
+kfp.Client reads on its own when no --host is given; with --host, pass --kfp-token-file.
 
 Alertmanager side (receiver config)::
 
@@ -297,8 +306,12 @@ def create_app(trigger: RetrainTrigger, token: str) -> Starlette:
 
 
 def kfp_submitter(client, pipeline_package_path: str | os.PathLike, *, experiment: str = "emoflow",
-                  params: dict | None = None, run_name_prefix: str = "emoflow-retrain") -> SubmitFn:
-    """A submit function creating one run of the compiled pipeline through `client` (kfp.Client)."""
+                  params: dict | None = None, namespace: str | None = None,
+                  service_account: str | None = None, run_name_prefix: str = "emoflow-retrain") -> SubmitFn:
+    """A submit function creating one run of the compiled pipeline through `client` (kfp.Client).
+
+    params: the run's parameters (corpus and source required: ValueError before anything starts).
+    namespace: KFP profile namespace of the run; service_account: the run pods' ServiceAccount."""
     path = Path(pipeline_package_path)
     if not path.is_file():
         raise ValueError(f"pipeline package {path} does not exist (compile it with `emoflow compile`)")
@@ -309,7 +322,7 @@ def kfp_submitter(client, pipeline_package_path: str | os.PathLike, *, experimen
         safe = re.sub(r"[^a-z0-9-]+", "-", model.lower()).strip("-")[:40] or "model"
         result = client.create_run_from_pipeline_package(
             str(path), arguments=dict(base), run_name=f"{run_name_prefix}-{safe}-{stamp}",
-            experiment_name=experiment)
+            experiment_name=experiment, namespace=namespace, service_account=service_account)
         return str(result.run_id)
 
     return submit
