@@ -134,6 +134,10 @@ class Param:
         return {str: "string", int: "integer", float: "number", bool: "boolean", list: "list",
                 dict: "mapping"}[self.type]
 
+    @property
+    def _a(self) -> str:
+        return "an" if self.type_name[0] in "aeiou" else "a"
+
     def validate(self, value: Any, where: str = "") -> Any:
         """The value in this parameter's type, or RunConfigError naming the parameter."""
         at = f"{where}: " if where else ""
@@ -159,7 +163,7 @@ class Param:
             return float(value)
         if isinstance(value, t) and not (t is int and isinstance(value, bool)):
             return value
-        raise RunConfigError(f"{at}{self.name} must be a {self.type_name}, got {type(value).__name__} {value!r}")
+        raise RunConfigError(f"{at}{self.name} must be {self._a} {self.type_name}, got {type(value).__name__} {value!r}")
 
     def parse(self, text: str) -> Any:
         """A value given as text (a CLI flag, ``--param KEY=VALUE``), validated."""
@@ -184,7 +188,7 @@ class Param:
         except ValueError:
             hint = {list: " (comma-separated or a JSON list)", dict: " (a JSON object)",
                     bool: " (true or false)"}.get(t, "")
-            raise RunConfigError(f"{self.name} must be a {self.type_name}{hint}, got {text!r}") from None
+            raise RunConfigError(f"{self.name} must be {self._a} {self.type_name}{hint}, got {text!r}") from None
         return self.validate(value)
 
 

@@ -31,7 +31,8 @@ def test_emoflow_run_whole_dag(tmp_path):
     port = free_port()
     env = dict(os.environ, EMOFLOW_HOME=str(home), EMOFLOW_STORE="")
     env.pop("EMOFLOW_STORE")
-    cmd = [sys.executable, "-m", "emoflow.cli", "run", "--config", str(config), "--port", str(port)]
+    # the demo config, then this test's (later layers win)
+    cmd = [sys.executable, "-m", "emoflow.cli", "run", "--config", "demo", "--config", str(config), "--port", str(port)]
     try:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
         out = proc.stdout + proc.stderr

@@ -251,14 +251,32 @@ def test_kfp_submitter_calls_create_run_from_pipeline_package(tmp_path):
 
         def create_run_from_pipeline_package(self, pipeline_file, arguments=None, run_name=None,
                                              experiment_name=None, **kw):
-            self.calls.append((pipeline_file, arguments, run_name, experiment_name))
+            self.calls.append((pipeline_file, arguments, run_name, experiment_name, kw))
             return Result()
 
     client = FakeClient()
-    submit = kfp_submitter(client, pkg, experiment="emo-exp", params={"epochs": 3})
+    data = {"corpus": "iemocap", "source": "s3://corpora/iemocap"}
+    submit = kfp_submitter(client, pkg, experiment="emo-exp", params={"epochs": 3, **data},
+                           namespace="team-a", service_account="emoflow-runner")
     assert submit("Emo Model", alert()) == "abc-123"
-    path, args, name, exp = client.calls[0]
-    assert path == str(pkg) and args == {"alias": "candidate", "epochs": 3} and exp == "emo-exp"
+    path, args, name, exp, kw = client.calls[0]
+    assert path == str(pkg) and args == {"alias": "candidate", "epochs": 3, **data} and exp == "emo-exp"
+    assert kw == {"namespace": "team-a", "service_account": "emoflow-runner"}
     assert name.startswith("emoflow-retrain-emo-model-")
     with pytest.raises(ValueError, match="does not exist"):
         kfp_submitter(client, tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("params, missing", [
+    (None, "corpus and source not given"),
+    ({"epochs": 3}, "corpus and source not given"),
+    ({"corpus": "iemocap"}, "source not given"),
+])
+def test_kfp_submitter_refuses_to_retrain_without_the_runs_data(tmp_path, params, missing):
+    """No fallback to the pipeline defaults (corpus=demo): the webhook does not start without them."""
+    pkg = tmp_path / "pipeline.yaml"
+    pkg.write_text("pipelineSpec: {}\n")
+    with pytest.raises(ValueError, match=missing + r".*--config run.yaml.*never used for retraining"):
+        kfp_submitter(object(), pkg, params=params)
+    with pytest.raises(ValueError, match="unknown run parameter 'corpuss'"):
+        kfp_submitter(object(), pkg, params={"corpuss": "iemocap", "source": "/data"})

@@ -310,7 +310,11 @@ def tasks_of_executor(spec: dict) -> dict:
 def parameter_type(spec: dict, dag_inputs: dict, source: dict) -> str:
     """The parameterType of what feeds a task input: a DAG input, another task's output, a constant."""
     if "componentInputParameter" in source:
-        return dag_inputs[source["componentInputParameter"]]["parameterType"]
+        name = source["componentInputParameter"]
+        # a channel the DAG fails to declare is its own test's failure: type it from the root here
+        declared = dag_inputs.get(name) or spec["root"]["inputDefinitions"]["parameters"][
+            name.removeprefix("pipelinechannel--")]
+        return declared["parameterType"]
     if "taskOutputParameter" in source:
         out = source["taskOutputParameter"]
         producer = next(t for t in all_tasks(spec).values() if t["taskInfo"]["name"] == out["producerTask"])
