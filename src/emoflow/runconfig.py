@@ -435,3 +435,7 @@ def markdown_table() -> str:
         what = p.help + (f" (one of {', '.join(p.choices)})" if p.choices and "," not in p.help else "")
         rows.append(f"| `{p.name}` | `{p.cli_flag}` | {p.type_name} | {default} | {what.replace('|', '/')} |")
     return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m emoflow.runconfig: the README's parameter table
+    print(markdown_table())
