@@ -132,7 +132,7 @@ def test_run_help_shows_every_flag_with_help_and_the_config_folder():
     assert all(f"| `{p.name}` | `{p.cli_flag}` |" in table for p in runconfig.PARAMS)
 
 
-def test_submit_passes_namespace_service_account_and_the_validated_parameters(tmp_path, monkeypatch):
+def test_submit_passes_namespace_service_account_and_the_validated_parameters(tmp_path, monkeypatch, capsys):
     import emoflow.monitoring.schedule as schedule
 
     monkeypatch.setenv("EMOFLOW_HOME", str(tmp_path))
@@ -157,9 +157,12 @@ def test_submit_passes_namespace_service_account_and_the_validated_parameters(tm
     pulls = {e: [s["secretName"] for s in c.get("imagePullSecret", [])]
              for e, c in k8s["deploymentSpec"]["executors"].items()}
     assert set(map(tuple, pulls.values())) == {("regcred",)}
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["submit", "--host", "http://127.0.0.1:9", "--params", '{"gpu_count": "x"}'])
-    assert exc.value.code == 2
+    for bad, message in (('{"gpu_count": "x"}', "--params: gpu_count: must be a non-negative whole number"),
+                         ("{corpus: x}", "--params is not a JSON object")):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["submit", "--host", "http://127.0.0.1:9", "--params", bad])
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
 
 
 def test_readme_table_lists_every_parameter_once():

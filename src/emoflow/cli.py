@@ -151,7 +151,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     training = _import_pipelines()
     params = runconfig.given(args.config, args.param)
     if args.params:
-        params.update(runconfig.validate(json.loads(args.params), "--params"))
+        try:
+            given = json.loads(args.params)
+        except json.JSONDecodeError as exc:
+            raise runconfig.RunConfigError(f"--params is not a JSON object: {exc}") from None
+        params.update(runconfig.validate(given, "--params"))
     # task pods get the image pull secrets compiled in: compile with the run's own list
     package = training.compile_pipeline(str(home() / "emoflow-training.yaml"),
                                         image_pull_secrets=params.get("image_pull_secrets"))
@@ -274,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (runconfig.RunConfigError, json.JSONDecodeError) as exc:
+    except runconfig.RunConfigError as exc:
         parser.exit(2, f"emoflow {args.command}: {exc}\n")
 
 
