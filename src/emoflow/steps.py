@@ -399,30 +399,45 @@ def model_card(name: str, ev: dict, by_arch: dict, metric: str) -> str:
 
 
 def deploy(model_ref: str, store: str, *, target: str = "local", host: str = "127.0.0.1", port: int = 8080,
-           namespace: str = "emoflow", isvc_name: str = "emoflow", storage_uri: str = "",
-           gpu: int = 1, node_selector: dict | None = None, tolerations: list | None = None,
+           namespace: str = "", isvc_name: str = "emoflow", storage_uri: str = "",
+           gpu: int | str = 1, node_selector: dict | None = None, tolerations: list | None = None,
            service_account: str = "emoflow-s3", canary_traffic_percent: int = -1,
-           timeout_s: int = 600, image: str = "", image_pull_secrets: list | None = None,
+           timeout_s: int = 3600, image: str = "", image_pull_secrets: list | None = None,
            assets: str = "") -> str:
-    """Serve a registered model: locally on `host:port`, or as a KServe InferenceService."""
+    """Serve a registered model: locally on `host:port`, or as a KServe InferenceService.
+
+    For ``kserve``: ``image`` is the serving image fixed when the pipeline was compiled (its
+    ``serving_image`` parameter); empty means ``emoflow.images`` of this process (local CLI use),
+    and the placeholder registry is refused. ``namespace`` empty means the namespace of the pod this
+    runs in. ``gpu`` may be a string ("1"): pipeline parameters that feed pod specs are strings.
+    The storage URI is the registered version's prefix, always ending in ``/``.
+    """
     if target == "local":
         from emoflow.serving.local import start_local_server
 
         return start_local_server(model_ref, store or store_uri(), host=host, port=port)
     if target == "kserve":
+        from emoflow import images
         from emoflow.registry import Registry
-        from emoflow.serving.deploy import build_inference_service, deploy_to_cluster
+        from emoflow.serving.deploy import build_inference_service, current_namespace, deploy_to_cluster
 
+        try:
+            gpus = int(str(gpu).strip())
+        except ValueError:
+            raise ValueError(f"gpu must be a whole number of GPUs (e.g. 1 or \"1\"), got {gpu!r}") from None
         if not storage_uri:
             name, version = Registry(_store(store)).resolve(model_ref)
-            storage_uri = _store(store).uri(f"registry/{name}/{version}")
+            storage_uri = _store(store).uri(f"registry/{name}/{version}")  # "/" added by the builder
         isvc = build_inference_service(
-            isvc_name, namespace, storage_uri, gpu=gpu, node_selector=plain(node_selector) or None,
-            tolerations=plain(tolerations) or None, service_account=service_account,
+            isvc_name, namespace or current_namespace(), storage_uri, gpu=gpus,
+            image=image or images.image("serve-gpu" if gpus > 0 else "serve"),
+            node_selector=plain(node_selector) or None, tolerations=plain(tolerations) or None,
+            service_account=service_account,
             canary_traffic_percent=canary_traffic_percent if canary_traffic_percent >= 0 else None,
+            image_pull_secrets=plain(image_pull_secrets) or None, assets=assets,
         )
         ready = deploy_to_cluster(isvc, timeout_s=timeout_s)
-        return str((ready.get("status") or {}).get("url") or f"{isvc_name}.{namespace}")
+        return str((ready.get("status") or {}).get("url") or f"{isvc_name}.{isvc.metadata.namespace}")
     raise ValueError(f"unknown deploy target {target!r} (local, kserve)")
 
 

@@ -1,7 +1,9 @@
-"""The InferenceService the deploy step produces, field by field, and the create/patch/wait/canary
+"""The InferenceService the deploy step produces, field by field, and the create/replace/wait/canary
 logic against a real ``kserve.KServeClient`` talking HTTP to a small fake Kubernetes API on 127.0.0.1
-(no cluster here). The fake applies JSON merge patches, bumps ``metadata.generation`` on spec
-changes and plays the KServe controller: Ready after a few reads, never Ready, or a failed load.
+(no cluster here). The fake records every call, keeps ``resourceVersion`` like the API server (a PUT
+with a stale one gets 409 Conflict), applies JSON merge patches, bumps ``metadata.generation`` on
+spec changes, plays KServe's webhook (a finalizer and the deployment-mode annotation on create) and
+the KServe controller: Ready after a few reads, never Ready, or a failed load.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import pytest
 from emoflow import images
 from emoflow.serving import deploy as d
 
-URI = "s3://emoflow/registry/emoflow-a1/v3"
+URI = "s3://emoflow/registry/emoflow-a1/v3/"
+IMAGE = "registry.example.org/ml/emoflow-serve-gpu:1.2.3"
+CPU_IMAGE = "registry.example.org/ml/emoflow-serve:1.2.3"
 
 
 @pytest.fixture(autouse=True)
@@ -180,6 +184,85 @@ def test_render_yaml_round_trips():
     assert yaml.safe_load(d.render_yaml(isvc)) == d.to_manifest(isvc)
 
 
+@pytest.mark.parametrize("given, stored", [
+    ("s3://emoflow/registry/emoflow-a1/v1", "s3://emoflow/registry/emoflow-a1/v1/"),
+    ("s3://emoflow/registry/emoflow-a1/v1/", "s3://emoflow/registry/emoflow-a1/v1/"),
+    ("s3://emoflow/registry/emoflow-a1/v1//", "s3://emoflow/registry/emoflow-a1/v1/"),
+    ("gs://models/registry/emoflow-a1/v2", "gs://models/registry/emoflow-a1/v2/"),
+    ("pvc://models/emoflow-a1/v2", "pvc://models/emoflow-a1/v2"),
+    ("https://models.example.org/emoflow.tar.gz", "https://models.example.org/emoflow.tar.gz"),
+])
+def test_object_store_storage_uri_ends_with_a_slash(given, stored):
+    m = d.to_manifest(d.build_inference_service("emo", "ml", given))
+    assert _env(_container(m))["STORAGE_URI"] == stored
+
+
+def test_why_the_slash_matters_kserve_downloads_by_prefix():
+    """KServe's storage initializer keeps every key that starts with the URI's path (our pinned fact:
+    kserve v0.20.0 python/storage/kserve_storage/kserve_storage.py, Storage._download_s3,
+    ``bucket.objects.filter(Prefix=bucket_path)``); version v1 must not pull in v10..v19."""
+    keys = ["registry/emoflow-a1/v1/model/weights.safetensors", "registry/emoflow-a1/v10/model/weights.safetensors",
+            "registry/emoflow-a1/v12/model/config.json"]
+
+    def downloaded(uri):
+        prefix = uri.split("://", 1)[1].split("/", 1)[1]
+        return [k for k in keys if k.startswith(prefix)]
+
+    assert len(downloaded("s3://emoflow/registry/emoflow-a1/v1")) == 3  # the bug: v10 and v12 come too
+    uri = _env(_container(d.to_manifest(d.build_inference_service(
+        "emo", "ml", "s3://emoflow/registry/emoflow-a1/v1"))))["STORAGE_URI"]
+    assert downloaded(uri) == keys[:1]
+
+
+def test_pull_secrets_assets_and_metrics_fields():
+    m = d.to_manifest(d.build_inference_service(
+        "emo", "ml", URI, image_pull_secrets=["regcred", "mirror-cred", "regcred"], assets="s3://emoflow/assets"))
+    pred, c = m["spec"]["predictor"], _container(m)
+    assert pred["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror-cred"}]
+    assert _env(c) == {"STORAGE_URI": URI, "EMOFLOW_ASSETS_URI": "s3://emoflow/assets"}
+    # the predictor reads the mirror with the pipeline's S3 credentials (every key of the Secret)
+    assert c["envFrom"] == [{"secretRef": {"name": "emoflow-s3", "optional": False}}]
+    # scraping: a named port (kept in RawDeployment mode, renamed user-port by Knative), our labels
+    # on the predictor pods, and KServe's annotations naming the metrics port and path
+    assert c["ports"] == [{"containerPort": 8080, "name": "http1", "protocol": "TCP"}]
+    assert pred["labels"] == d.LABELS
+    assert pred["annotations"] == {"prometheus.kserve.io/port": "8080", "prometheus.kserve.io/path": "/metrics"}
+    assert d.unknown_fields(m) == []
+    plain = d.to_manifest(d.build_inference_service("emo", "ml", URI))
+    assert "imagePullSecrets" not in plain["spec"]["predictor"] and "envFrom" not in _container(plain)
+    assert "EMOFLOW_ASSETS_URI" not in _env(_container(plain))
+
+
+def test_namespace_none_gives_a_namespace_neutral_manifest():
+    m = d.to_manifest(d.build_inference_service("emo", None, URI))
+    assert "namespace" not in m["metadata"]
+    assert d.to_manifest(d.default_inference_service())["metadata"] == {"labels": d.LABELS, "name": "emoflow"}
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"image_pull_secrets": "regcred"}, "image_pull_secrets"),
+    ({"image_pull_secrets": ["Bad Name"]}, "image_pull_secrets[0]"),
+    ({"assets": "assets-folder"}, "assets"),
+    ({"assets": "s3://emoflow/assets", "env": {"EMOFLOW_ASSETS_URI": "s3://x/y"}}, "EMOFLOW_ASSETS_URI"),
+    ({"assets": "s3://emoflow/assets", "s3_secret": "Bad_Secret"}, "s3_secret"),
+])
+def test_bad_pull_secrets_and_assets_are_named(kwargs, needle):
+    with pytest.raises(ValueError) as err:
+        d.build_inference_service("emo", "ml", URI, **kwargs)
+    assert needle in str(err.value)
+
+
+def test_current_namespace_reads_the_pod_namespace(tmp_path):
+    f = tmp_path / "namespace"
+    f.write_text("team-a\n")
+    assert d.current_namespace(f) == "team-a"
+    with pytest.raises(d.DeployError, match="cannot be read.*pass the namespace"):
+        d.current_namespace(tmp_path / "absent")
+    f.write_text("Not A Namespace")
+    with pytest.raises(ValueError, match="namespace in"):
+        d.current_namespace(f)
+
+
 # --------------------------------------------------------------------------- fake cluster
 
 
@@ -196,16 +279,25 @@ def _merge_patch(target, patch):
     return out
 
 
+def _isvc(uri: str = URI, **kwargs):
+    kwargs.setdefault("image", IMAGE)
+    return d.build_inference_service("emoflow", "ml", uri, **kwargs)
+
+
 class FakeKube:
-    """Enough of the Kubernetes API for InferenceServices, plus a scripted KServe controller."""
+    """Enough of the Kubernetes API for InferenceServices, plus KServe's webhook and a scripted
+    KServe controller. ``conflicts``: how many PUTs find the object changed by someone else first."""
 
     PREFIX = "/apis/serving.kserve.io/v1beta1/namespaces/"
+    FINALIZER = "inferenceservice.finalizers"
+    MODE = "serving.kserve.io/deploymentMode"
 
-    def __init__(self, mode: str = "ok", ready_after: int = 2):
-        self.mode, self.ready_after = mode, ready_after
+    def __init__(self, mode: str = "ok", ready_after: int = 2, conflicts: int = 0):
+        self.mode, self.ready_after, self.conflicts = mode, ready_after, conflicts
         self.objects: dict[tuple[str, str], dict] = {}
         self.log: list[tuple[str, str, str | None, dict | None]] = []
         self.reads_since_change: dict[tuple[str, str], int] = {}
+        self.version = 0
         self.lock = threading.Lock()
         fake = self
 
@@ -229,7 +321,7 @@ class FakeKube:
                     code, out = fake.route(self.command, self.path.split("?")[0], self.headers, body)
                 self._send(code, out)
 
-            do_GET = do_POST = do_PATCH = _handle
+            do_GET = do_POST = do_PATCH = do_PUT = _handle
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -248,6 +340,27 @@ class FakeKube:
         return code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
                       "message": message, "code": code}
 
+    def next_version(self) -> str:
+        self.version += 1
+        return str(self.version)
+
+    def write(self, key, new, old=None):
+        """Store ``new`` like the API server: server-owned metadata, generation bump on spec change."""
+        meta = new["metadata"]
+        meta["resourceVersion"] = self.next_version()
+        if old is None:
+            meta.update(generation=1, uid="u-1")
+            new["status"] = {}
+        else:
+            meta.update(generation=old["metadata"]["generation"], uid=old["metadata"]["uid"])
+            if new.get("spec") != old.get("spec"):
+                meta["generation"] += 1
+                self.reads_since_change[key] = 0
+        if old is None:
+            self.reads_since_change[key] = 0
+        self.objects[key] = new
+        return new
+
     def route(self, method, path, headers, body):
         if not path.startswith(self.PREFIX):
             return self.status(404, "NotFound", f"no route {path}")
@@ -260,26 +373,34 @@ class FakeKube:
             if key in self.objects:
                 return self.status(409, "AlreadyExists", "already exists")
             obj = copy.deepcopy(body)
-            obj["metadata"].update(generation=1, uid="u-1", resourceVersion="1")
-            obj["status"] = {}
-            self.objects[key] = obj
-            self.reads_since_change[key] = 0
-            return 201, obj
+            # KServe's webhook: the controller's finalizer and the cluster's default deployment mode
+            obj["metadata"]["finalizers"] = [self.FINALIZER]
+            obj["metadata"].setdefault("annotations", {})[self.MODE] = "Standard"
+            return 201, self.write(key, obj)
         if len(parts) != 3:
             return self.status(404, "NotFound", path)
         key = (ns, parts[2])
         if key not in self.objects:
             return self.status(404, "NotFound", f'inferenceservices.serving.kserve.io "{parts[2]}" not found')
         obj = self.objects[key]
+        if method == "PUT":
+            if self.conflicts > 0:  # someone else wrote the object just before this PUT
+                self.conflicts -= 1
+                obj["metadata"]["resourceVersion"] = self.next_version()
+            if body["metadata"].get("resourceVersion") != obj["metadata"]["resourceVersion"]:
+                return self.status(409, "Conflict", "Operation cannot be fulfilled on inferenceservices."
+                                   "serving.kserve.io \"emoflow\": the object has been modified")
+            mode = (body["metadata"].get("annotations") or {}).get(self.MODE)
+            if mode != obj["status"].get("deploymentMode", mode):  # KServe's validateDeploymentMode
+                return self.status(400, "BadRequest", "update rejected: deploymentMode cannot be changed")
+            new = copy.deepcopy(body)
+            new["status"] = obj["status"]  # status is a subresource: a PUT does not change it
+            return 200, self.write(key, new, obj)
         if method == "PATCH":
             if headers.get("Content-Type") != "application/merge-patch+json":
                 return self.status(415, "UnsupportedMediaType", headers.get("Content-Type"))
             new = _merge_patch(obj, body)
-            if new.get("spec") != obj.get("spec"):
-                new["metadata"]["generation"] = obj["metadata"]["generation"] + 1
-                self.reads_since_change[key] = 0
-            self.objects[key] = new
-            return 200, new
+            return 200, self.write(key, new, obj)
         if method == "GET":
             self.reads_since_change[key] += 1
             self.play_controller(key)
@@ -290,6 +411,7 @@ class FakeKube:
         obj = self.objects[key]
         gen = obj["metadata"]["generation"]
         status = obj.setdefault("status", {})
+        status["deploymentMode"] = obj["metadata"].get("annotations", {}).get(self.MODE, "Serverless")
         if self.mode == "never":
             status.update(observedGeneration=gen, conditions=[
                 {"type": "PredictorReady", "status": "False", "reason": "RevisionMissing",
@@ -327,6 +449,9 @@ class FakeKube:
     def methods(self):
         return [m for m, *_ in self.log]
 
+    def bodies(self, method):
+        return [body for m, _, _, body in self.log if m == method]
+
 
 @pytest.fixture
 def fake_kube():
@@ -344,7 +469,7 @@ def fake_kube():
 
 def test_deploy_creates_then_waits_for_ready(fake_kube):
     fk = fake_kube(ready_after=3)
-    isvc = d.build_inference_service("emoflow", "ml", URI, canary_traffic_percent=None)
+    isvc = _isvc(canary_traffic_percent=None)
     out = d.deploy_to_cluster(isvc, client=fk.client(), timeout_s=10, poll_s=0.01)
     assert out["status"]["url"] == "http://emoflow.ml.example.com"
     assert fk.methods()[:2] == ["GET", "POST"]  # 404, then create
@@ -353,32 +478,78 @@ def test_deploy_creates_then_waits_for_ready(fake_kube):
     assert stored["spec"] == d.to_manifest(isvc)["spec"]
 
 
-def test_deploy_patches_existing_and_waits_for_the_new_generation(fake_kube):
+def test_redeploy_leaves_exactly_the_desired_spec(fake_kube):
+    """gpu → cpu: no GPU limit, node selector, toleration, canary or foreign container survives."""
     fk = fake_kube(ready_after=1)
     client = fk.client()
-    d.deploy_to_cluster(d.build_inference_service("emoflow", "ml", URI, canary_traffic_percent=20),
-                        client=client, timeout_s=10, poll_s=0.01)
+    first = _isvc(canary_traffic_percent=20, image_pull_secrets=["regcred"], assets="s3://emoflow/assets",
+                  node_selector={"cloud.google.com/gke-accelerator": "nvidia-l4"})
+    d.deploy_to_cluster(first, client=client, timeout_s=10, poll_s=0.01)
+    live = fk.objects[("ml", "emoflow")]
+    assert live["spec"]["predictor"]["nodeSelector"] and live["spec"]["predictor"]["tolerations"]
+    # someone edits the live object: a second container, an extra env var (kubectl edit)
+    live["spec"]["predictor"]["containers"].append({"name": "debug", "image": "busybox:1.36"})
+    live["spec"]["predictor"]["containers"][0]["env"].append({"name": "EXTRA", "value": "1"})
+    live["metadata"]["resourceVersion"] = fk.next_version()
+    version_before = live["metadata"]["resourceVersion"]
+
     fk.ready_after = 4  # the new revision takes longer; Ready=True of generation 1 is stale
-    new_uri = "s3://emoflow/registry/emoflow-a1/v4"
-    out = d.deploy_to_cluster(d.build_inference_service("emoflow", "ml", new_uri),
-                              client=client, timeout_s=10, poll_s=0.01)
-    patches = [(ct, body) for m, _, ct, body in fk.log if m == "PATCH"]
-    assert len(patches) == 1
-    content_type, body = patches[0]
-    assert content_type == "application/merge-patch+json"
-    # no canary asked for: the leftover 20 % canary is reset so the new version takes all traffic
-    assert body["spec"]["predictor"]["canaryTrafficPercent"] == 100
-    assert out["metadata"]["generation"] == 2 and out["status"]["observedGeneration"] == 2
+    desired = _isvc("s3://emoflow/registry/emoflow-a1/v4", gpu=0, image=CPU_IMAGE)
+    out = d.deploy_to_cluster(desired, client=client, timeout_s=10, poll_s=0.01)
+
+    assert "PATCH" not in fk.methods()
+    puts = fk.bodies("PUT")
+    assert len(puts) == 1 and puts[0]["metadata"]["resourceVersion"] == version_before
     stored = fk.objects[("ml", "emoflow")]
-    assert _env(stored["spec"]["predictor"]["containers"][0])["STORAGE_URI"] == new_uri
+    assert stored["spec"] == d.to_manifest(desired)["spec"]
+    pred = stored["spec"]["predictor"]
+    assert [c["name"] for c in pred["containers"]] == ["kserve-container"]
+    assert pred["containers"] == d.to_manifest(desired)["spec"]["predictor"]["containers"]
+    assert not {"nodeSelector", "tolerations", "canaryTrafficPercent", "imagePullSecrets"} & set(pred)
+    assert "nvidia.com/gpu" not in json.dumps(stored["spec"])
+    assert _env(pred["containers"][0]) == {"STORAGE_URI": "s3://emoflow/registry/emoflow-a1/v4/"}
+    # what the cluster owns is kept: KServe's finalizer and the recorded deployment mode
+    assert stored["metadata"]["finalizers"] == [FakeKube.FINALIZER]
+    assert stored["metadata"]["annotations"] == {FakeKube.MODE: "Standard"}
+    assert stored["metadata"]["labels"] == d.LABELS
+    assert out["metadata"]["generation"] == 2 and out["status"]["observedGeneration"] == 2
+
+
+def test_replace_retries_on_conflict(fake_kube):
+    fk = fake_kube(ready_after=1)
+    client = fk.client()
+    d.deploy_to_cluster(_isvc(), client=client, timeout_s=10, poll_s=0.01)
+    fk.conflicts = 2  # the controller writes the object twice while we replace it
+    desired = _isvc(gpu=0, image=CPU_IMAGE)
+    d.deploy_to_cluster(desired, client=client, timeout_s=10, poll_s=0.01)
+    assert len(fk.bodies("PUT")) == 3
+    assert fk.objects[("ml", "emoflow")]["spec"] == d.to_manifest(desired)["spec"]
+
+
+def test_replace_gives_up_after_repeated_conflicts(fake_kube):
+    fk = fake_kube(ready_after=1)
+    client = fk.client()
+    d.deploy_to_cluster(_isvc(), client=client, timeout_s=10, poll_s=0.01)
+    fk.conflicts = 1000
+    with pytest.raises(d.DeployError) as err:
+        d.deploy_to_cluster(_isvc(gpu=0, image=CPU_IMAGE), client=client, timeout_s=10, poll_s=0.01)
+    assert f"attempt {d.REPLACE_ATTEMPTS}" in str(err.value) and "409" in str(err.value)
+    assert len(fk.bodies("PUT")) == d.REPLACE_ATTEMPTS
+
+
+def test_placeholder_image_is_refused_before_any_call(fake_kube):
+    fk = fake_kube()
+    with pytest.raises(d.DeployError) as err:
+        d.deploy_to_cluster(d.build_inference_service("emoflow", "ml", URI), client=fk.client(), timeout_s=1)
+    assert "ghcr.io/your-org" in str(err.value) and images.REGISTRY_ENV in str(err.value)
+    assert fk.log == []
 
 
 def test_deploy_times_out_with_last_conditions(fake_kube):
     fk = fake_kube(mode="never")
     started = time.monotonic()
     with pytest.raises(d.DeployError) as err:
-        d.deploy_to_cluster(d.build_inference_service("emoflow", "ml", URI), client=fk.client(),
-                            timeout_s=0.4, poll_s=0.05)
+        d.deploy_to_cluster(_isvc(), client=fk.client(), timeout_s=0.4, poll_s=0.05)
     elapsed = time.monotonic() - started
     assert 0.35 <= elapsed < 5
     msg = str(err.value)
@@ -391,8 +562,7 @@ def test_deploy_fails_fast_on_failed_model_load(fake_kube):
     fk = fake_kube(mode="failed_load")
     started = time.monotonic()
     with pytest.raises(d.DeployError) as err:
-        d.deploy_to_cluster(d.build_inference_service("emoflow", "ml", URI), client=fk.client(),
-                            timeout_s=30, poll_s=0.01)
+        d.deploy_to_cluster(_isvc(), client=fk.client(), timeout_s=30, poll_s=0.01)
     assert time.monotonic() - started < 5
     assert "BlockedByFailedLoad" in str(err.value)
     assert "no weights.safetensors in /mnt/models" in str(err.value)
@@ -401,8 +571,7 @@ def test_deploy_fails_fast_on_failed_model_load(fake_kube):
 def test_deploy_reports_api_errors(fake_kube):
     fk = fake_kube(mode="forbidden")
     with pytest.raises(d.DeployError) as err:
-        d.deploy_to_cluster(d.build_inference_service("emoflow", "ml", URI), client=fk.client(),
-                            timeout_s=1, poll_s=0.01)
+        d.deploy_to_cluster(_isvc(), client=fk.client(), timeout_s=1, poll_s=0.01)
     assert "could not create InferenceService ml/emoflow" in str(err.value)
     assert "403" in str(err.value)
 
@@ -412,22 +581,21 @@ def test_promote_and_rollback_canary(fake_kube):
     client = fk.client()
     with pytest.raises(d.DeployError, match="does not exist"):
         d.promote_canary("emoflow", "ml", client=client)
-    d.deploy_to_cluster(d.build_inference_service("emoflow", "ml", URI), client=client, timeout_s=10, poll_s=0.01)
+    d.deploy_to_cluster(_isvc(), client=client, timeout_s=10, poll_s=0.01)
     with pytest.raises(d.DeployError, match="no previous rolled-out revision"):
         d.rollback_canary("emoflow", "ml", client=client, timeout_s=5, poll_s=0.01)
-    d.deploy_to_cluster(d.build_inference_service("emoflow", "ml", "s3://emoflow/registry/emoflow-a1/v4",
-                                                  canary_traffic_percent=10),
+    d.deploy_to_cluster(_isvc("s3://emoflow/registry/emoflow-a1/v4", canary_traffic_percent=10),
                         client=client, timeout_s=10, poll_s=0.01)
     assert fk.objects[("ml", "emoflow")]["spec"]["predictor"]["canaryTrafficPercent"] == 10
 
     out = d.rollback_canary("emoflow", "ml", client=client, timeout_s=5, poll_s=0.01)
     assert out["spec"]["predictor"]["canaryTrafficPercent"] == 0
-    last_patch = [body for m, _, _, body in fk.log if m == "PATCH"][-1]
+    last_patch = fk.bodies("PATCH")[-1]
     assert last_patch == {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
                           "metadata": {"name": "emoflow", "namespace": "ml"},
                           "spec": {"predictor": {"canaryTrafficPercent": 0}}}
     # the rest of the spec is untouched by the merge patch
-    assert _env(out["spec"]["predictor"]["containers"][0])["STORAGE_URI"].endswith("/v4")
+    assert _env(out["spec"]["predictor"]["containers"][0])["STORAGE_URI"].endswith("/v4/")
 
     out = d.promote_canary("emoflow", "ml", client=client, timeout_s=5, poll_s=0.01)
     assert out["spec"]["predictor"]["canaryTrafficPercent"] == 100
@@ -449,3 +617,79 @@ def test_wait_ready_rejects_a_stale_ready_condition():
 
     out = d.wait_ready(Scripted(), "emoflow", "ml", generation=2, timeout_s=5, poll_s=0, sleep=lambda s: None)
     assert out["n"] == 4
+
+
+# --------------------------------------------------------------------------- the pipeline's deploy step
+
+
+@pytest.fixture
+def step_cluster(fake_kube, monkeypatch, tmp_path):
+    """steps.deploy against the fake API (its KServeClient) from a pod in namespace team-a."""
+    fk = fake_kube(ready_after=1)
+    monkeypatch.setattr(d, "KServeClient", fk.client)
+    ns_file = tmp_path / "namespace"
+    ns_file.write_text("team-a\n")
+    monkeypatch.setattr(d, "POD_NAMESPACE_FILE", str(ns_file))
+    return fk
+
+
+def _step(**kwargs):
+    from emoflow import steps
+
+    args = {"target": "kserve", "namespace": "", "storage_uri": "s3://emoflow/registry/emoflow-a1/v1",
+            "gpu": "1", "image": IMAGE, "timeout_s": 30}
+    args.update(kwargs)
+    return steps.deploy("emoflow-a1@1", "", **args)
+
+
+def test_step_deploys_with_the_compiled_image_into_the_pod_namespace(step_cluster, monkeypatch):
+    # the pod's environment names another registry: the compiled serving_image still wins
+    monkeypatch.setenv(images.REGISTRY_ENV, "registry.elsewhere.org/wrong")
+    url = _step(image_pull_secrets=["regcred"], assets="s3://emoflow/assets")
+    assert url == "http://emoflow.team-a.example.com"
+    stored = step_cluster.objects[("team-a", "emoflow")]
+    pred = stored["spec"]["predictor"]
+    c = pred["containers"][0]
+    assert c["image"] == IMAGE
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert _env(c) == {"STORAGE_URI": "s3://emoflow/registry/emoflow-a1/v1/", "EMOFLOW_ASSETS_URI": "s3://emoflow/assets"}
+    assert c["envFrom"] == [{"secretRef": {"name": "emoflow-s3", "optional": False}}]
+    assert pred["imagePullSecrets"] == [{"name": "regcred"}]
+    assert d.unknown_fields(stored) == []
+
+
+@pytest.mark.parametrize("gpu, limit", [("0", None), (0, None), ("1", "1"), (2, "2"), (" 1 ", "1")])
+def test_step_gpu_may_be_a_string(step_cluster, gpu, limit):
+    _step(gpu=gpu, image=CPU_IMAGE)
+    c = step_cluster.objects[("team-a", "emoflow")]["spec"]["predictor"]["containers"][0]
+    assert (c["resources"].get("limits") or {}).get("nvidia.com/gpu") == limit
+
+
+def test_step_bad_gpu_is_named(step_cluster):
+    with pytest.raises(ValueError, match="gpu must be a whole number.*'one'"):
+        _step(gpu="one")
+    assert step_cluster.log == []
+
+
+def test_step_empty_image_uses_this_process_settings_or_refuses_the_placeholder(step_cluster, monkeypatch):
+    with pytest.raises(d.DeployError, match="placeholder registry"):
+        _step(image="", gpu="0")
+    assert step_cluster.log == []
+    monkeypatch.setenv(images.REGISTRY_ENV, "registry.example.org/ml")
+    _step(image="", gpu="0")
+    c = step_cluster.objects[("team-a", "emoflow")]["spec"]["predictor"]["containers"][0]
+    assert c["image"] == images.image("serve") == f"registry.example.org/ml/emoflow-serve:{images.tag()}"
+
+
+def test_step_explicit_namespace_and_missing_namespace_file(step_cluster, monkeypatch, tmp_path):
+    _step(namespace="serving")
+    assert ("serving", "emoflow") in step_cluster.objects
+    monkeypatch.setattr(d, "POD_NAMESPACE_FILE", str(tmp_path / "absent"))
+    with pytest.raises(d.DeployError, match="absent cannot be read"):
+        _step()
+
+
+def test_step_honours_timeout_s(step_cluster):
+    step_cluster.mode = "never"
+    with pytest.raises(d.DeployError, match=r"team-a/emoflow not Ready after 0 s"):
+        _step(timeout_s=0)

@@ -2,18 +2,23 @@
 
 The InferenceService (``serving.kserve.io/v1beta1``) runs the emoflow predictor image as a custom
 container named ``kserve-container``. KServe's storage initializer downloads the registered
-version from ``STORAGE_URI`` (an ``s3://`` prefix, with credentials from the service account's
-Secret) to ``/mnt/models``; the predictor loads it from there and reports ready on
+version from ``STORAGE_URI`` (an ``s3://`` prefix ending in ``/``, with credentials from the service
+account's Secret) to ``/mnt/models``; the predictor loads it from there and reports ready on
 ``/v2/health/ready`` (port 8080) once loaded.
 
-    isvc = build_inference_service("emoflow", "emoflow", "s3://emoflow/registry/emoflow/v3",
+    isvc = build_inference_service("emoflow", "team-a", "s3://emoflow/registry/emoflow/v3/",
+                                   image="registry.example.org/ml/emoflow-serve-gpu:0.1.0",
                                    canary_traffic_percent=10)
-    deploy_to_cluster(isvc)            # create or patch, then wait for Ready
-    promote_canary("emoflow", "emoflow")   # or rollback_canary(...)
+    deploy_to_cluster(isvc)            # create, or replace the live spec, then wait for Ready
+    promote_canary("emoflow", "team-a")   # or rollback_canary(...)
+
+An update replaces the whole object (HTTP PUT with the live ``resourceVersion``, retried on a
+409 conflict), so the live spec ends up exactly the one built here: a redeploy with ``gpu=0``
+leaves no GPU limit, node selector or toleration behind.
 
 ``python -m emoflow.serving.deploy`` prints the default InferenceService as YAML (the one in
-``manifests/base/inferenceservice.yaml``); options change the name, URI, GPU count and image.
-Canary rollouts need KServe's Serverless (Knative) deployment mode.
+``manifests/base/inferenceservice.yaml``, without a namespace); options change the name, URI,
+GPU count and image. Canary rollouts need KServe's Serverless (Knative) deployment mode.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import copy
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -41,13 +47,36 @@ API_VERSION = f"{kserve_constants.KSERVE_GROUP}/{kserve_constants.KSERVE_V1BETA1
 KIND = kserve_constants.KSERVE_KIND_INFERENCESERVICE
 
 DEFAULT_NAME = "emoflow"
-DEFAULT_NAMESPACE = "emoflow"
 # Placeholder for the manifests: a registry version prefix in the cluster's object store.
-DEFAULT_STORAGE_URI = "s3://emoflow/registry/emoflow/v1"
+DEFAULT_STORAGE_URI = "s3://emoflow/registry/emoflow/v1/"
 DEFAULT_SERVICE_ACCOUNT = "emoflow-s3"
+# The Secret with the S3 credentials (manifests/base/s3-secret.yaml); the predictor reads it as
+# environment variables when it fetches offline assets from an s3:// mirror.
+DEFAULT_S3_SECRET = "emoflow-s3"
+ASSETS_ENV = "EMOFLOW_ASSETS_URI"
 CONTAINER_NAME = "kserve-container"
 MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts STORAGE_URI
 HTTP_PORT = 8080
+# The predictor container's port name. KServe's RawDeployment mode keeps it on the pod; in Serverless
+# (Knative) mode Knative renames the user container's port to "user-port" (knative.dev/serving
+# pkg/reconciler/revision/resources/deploy.go buildContainerPorts). The PodMonitor selects both.
+HTTP_PORT_NAME = "http1"
+METRICS_PATH = "/metrics"
+# KServe's annotations naming the model server's metrics port/path (pkg/constants/constants.go
+# KserveContainerPrometheusPortKey / KServeContainerPrometheusPathKey): used by KServe's
+# queue-proxy metric aggregation when a cluster enables it.
+METRICS_ANNOTATIONS = {"prometheus.kserve.io/port": str(HTTP_PORT), "prometheus.kserve.io/path": METRICS_PATH}
+# Where a pod finds its own namespace (the service account token volume every pod mounts).
+POD_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+# KServe's storage initializer lists every object under the STORAGE_URI prefix (python/storage
+# kserve_storage/kserve_storage.py Storage._download_s3: bucket.objects.filter(Prefix=...), kserve
+# v0.20.0; GCS lists by prefix the same way): ".../v1" also matches ".../v10/...", so object-store
+# URIs are given a trailing "/".
+_PREFIX_LISTED = ("s3://", "gs://")
+# Annotations the KServe webhook writes on the InferenceService (inference_service_defaults.go sets
+# the deployment mode; the validator refuses a change of mode): a replace keeps their live values.
+_SYSTEM_ANNOTATIONS = ("serving.kserve.io/deploymentMode",)
+REPLACE_ATTEMPTS = 5
 READY_PATH = "/v2/health/ready"
 GPU_RESOURCE = "nvidia.com/gpu"
 # Label set by NVIDIA GPU feature discovery / the GPU operator on GPU nodes, and the usual taint.
@@ -82,7 +111,7 @@ class DeployError(RuntimeError):
 
 def build_inference_service(
     name: str,
-    namespace: str,
+    namespace: str | None,
     storage_uri: str,
     *,
     image: str | None = None,
@@ -95,9 +124,14 @@ def build_inference_service(
     canary_traffic_percent: int | None = None,
     resources: Mapping[str, Mapping[str, str]] | None = None,
     env: Mapping[str, str] | Sequence[k8s.V1EnvVar] | None = None,
+    image_pull_secrets: Sequence[str] | None = None,
+    assets: str = "",
+    s3_secret: str = DEFAULT_S3_SECRET,
 ) -> V1beta1InferenceService:
     """The InferenceService that serves the model version at ``storage_uri``.
 
+    ``namespace`` ``None`` leaves it out (the namespace-neutral manifest of ``manifests/base``).
+    An ``s3://`` or ``gs://`` ``storage_uri`` is a version prefix and gets a trailing ``/``.
     ``image`` defaults to ``images.image("serve-gpu")`` when ``gpu > 0`` and ``images.image("serve")``
     otherwise. With ``gpu > 0`` the container gets an ``nvidia.com/gpu`` limit, and
     ``node_selector`` / ``tolerations`` default to :data:`DEFAULT_GPU_NODE_SELECTOR` /
@@ -105,17 +139,16 @@ def build_inference_service(
     default to none. ``resources`` (``{"requests": {...}, "limits": {...}}``) replaces
     :data:`DEFAULT_RESOURCES`; the GPU limit always follows ``gpu``. ``canary_traffic_percent``
     (0–100) sends that share of traffic to this new revision, the rest to the previous one.
+    ``image_pull_secrets`` names Secrets of the predictor pod. ``assets`` (the offline-asset mirror,
+    e.g. ``s3://bucket/assets``) becomes ``$EMOFLOW_ASSETS_URI`` of the predictor, which then also
+    gets the S3 credentials of the Secret ``s3_secret`` as environment variables.
     Every bad argument raises ``ValueError`` naming it.
     """
     _check_name("name", name, _DNS_LABEL)
-    _check_name("namespace", namespace, _NAMESPACE)
+    if namespace is not None:
+        _check_name("namespace", namespace, _NAMESPACE)
     _check_name("service_account", service_account, _NAMESPACE, allow_dots=True)
-    if not isinstance(storage_uri, str) or not _URI.match(storage_uri):
-        raise ValueError(f"storage_uri {storage_uri!r} is not a model URI KServe can download "
-                         "(s3://bucket/prefix, gs://, pvc://, https://, hf://, oci://)")
-    if storage_uri.startswith("s3://") and len(storage_uri[5:].strip("/").split("/")) < 2:
-        raise ValueError(f"storage_uri {storage_uri!r} names a bucket only; give the registry "
-                         "version prefix, e.g. s3://bucket/registry/<model>/<version>")
+    storage_uri = normalize_storage_uri(storage_uri)
     gpu = _check_int("gpu", gpu, 0, 16)
     min_replicas = _check_int("min_replicas", min_replicas, 0, 1000)
     max_replicas = _check_int("max_replicas", max_replicas, 1, 1000)
@@ -129,6 +162,17 @@ def build_inference_service(
         raise ValueError(f"image {image!r} has no tag or digest; use an explicit version")
     if image.endswith(":latest"):
         raise ValueError(f"image {image!r} uses :latest; use an explicit version")
+    pull_secrets = _pull_secrets(image_pull_secrets)
+    env = _env_vars(env)
+    env_from = None
+    if assets:
+        if not isinstance(assets, str) or not _URI.match(assets):
+            raise ValueError(f"assets {assets!r} is not a mirror URI (e.g. s3://bucket/assets)")
+        if any(e.name == ASSETS_ENV for e in env):
+            raise ValueError(f"env may not set {ASSETS_ENV}: pass assets instead")
+        _check_name("s3_secret", s3_secret, _NAMESPACE, allow_dots=True)
+        env.append(k8s.V1EnvVar(name=ASSETS_ENV, value=assets))
+        env_from = [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=s3_secret, optional=False))]
 
     if node_selector is None:
         node_selector = DEFAULT_GPU_NODE_SELECTOR if gpu > 0 else {}
@@ -141,8 +185,9 @@ def build_inference_service(
         name=CONTAINER_NAME,
         image=image,
         args=["--model_name", name, "--storage_uri", MODEL_DIR, "--http_port", str(HTTP_PORT)],
-        env=[k8s.V1EnvVar(name="STORAGE_URI", value=storage_uri), *_env_vars(env)],
-        ports=[k8s.V1ContainerPort(container_port=HTTP_PORT, name="http1", protocol="TCP")],
+        env=[k8s.V1EnvVar(name="STORAGE_URI", value=storage_uri), *env],
+        env_from=env_from,
+        ports=[k8s.V1ContainerPort(container_port=HTTP_PORT, name=HTTP_PORT_NAME, protocol="TCP")],
         resources=_resources(resources, gpu),
         readiness_probe=k8s.V1Probe(
             http_get=k8s.V1HTTPGetAction(path=READY_PATH, port=HTTP_PORT),
@@ -156,12 +201,14 @@ def build_inference_service(
     predictor = V1beta1PredictorSpec(
         containers=[container],
         service_account_name=service_account,
+        image_pull_secrets=pull_secrets or None,
         node_selector=node_selector or None,
         tolerations=tolerations or None,
         min_replicas=min_replicas,
         max_replicas=max_replicas,
         canary_traffic_percent=canary_traffic_percent,
         labels=dict(LABELS),
+        annotations=dict(METRICS_ANNOTATIONS),
     )
     return V1beta1InferenceService(
         api_version=API_VERSION,
@@ -169,6 +216,38 @@ def build_inference_service(
         metadata=k8s.V1ObjectMeta(name=name, namespace=namespace, labels=dict(LABELS)),
         spec=V1beta1InferenceServiceSpec(predictor=predictor),
     )
+
+
+def normalize_storage_uri(storage_uri: Any) -> str:
+    """``storage_uri`` checked, with the trailing ``/`` an object-store version prefix needs.
+
+    KServe's storage initializer downloads every object whose key starts with the URI's path, so
+    ``s3://b/registry/m/v1`` would also fetch ``v10``…``v19`` into ``/mnt/models``.
+    """
+    if not isinstance(storage_uri, str) or not _URI.match(storage_uri):
+        raise ValueError(f"storage_uri {storage_uri!r} is not a model URI KServe can download "
+                         "(s3://bucket/prefix/, gs://, pvc://, https://, hf://, oci://)")
+    if storage_uri.startswith(_PREFIX_LISTED):
+        if len(storage_uri.split("://", 1)[1].strip("/").split("/")) < 2:
+            raise ValueError(f"storage_uri {storage_uri!r} names a bucket only; give the registry "
+                             "version prefix, e.g. s3://bucket/registry/<model>/<version>/")
+        storage_uri = storage_uri.rstrip("/") + "/"
+    return storage_uri
+
+
+def current_namespace(path: str | Path | None = None) -> str:
+    """The namespace of the pod this runs in (from its service account volume, :data:`POD_NAMESPACE_FILE`).
+
+    Raises :class:`DeployError` when the file is absent (not in a pod: pass a namespace).
+    """
+    path = path or POD_NAMESPACE_FILE
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise DeployError(f"namespace is empty and {path} cannot be read ({exc.strerror}): not running "
+                          "in a Kubernetes pod, so pass the namespace to deploy into") from None
+    _check_name(f"namespace in {path}", value, _NAMESPACE)
+    return value
 
 
 def to_manifest(isvc: V1beta1InferenceService) -> dict:
@@ -295,6 +374,16 @@ def _env_vars(env: Any) -> list[k8s.V1EnvVar]:
     return out
 
 
+def _pull_secrets(names: Any) -> list[k8s.V1LocalObjectReference]:
+    if names is None:
+        return []
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise ValueError(f"image_pull_secrets must be a list of Secret names, got {names!r}")
+    for i, item in enumerate(names):
+        _check_name(f"image_pull_secrets[{i}]", item, _NAMESPACE, allow_dots=True)
+    return [k8s.V1LocalObjectReference(name=n) for n in dict.fromkeys(names)]
+
+
 def _resources(resources: Any, gpu: int) -> k8s.V1ResourceRequirements:
     resources = DEFAULT_RESOURCES if resources is None else resources
     if not isinstance(resources, Mapping):
@@ -322,12 +411,16 @@ def deploy_to_cluster(
     timeout_s: float = 600,
     poll_s: float = 5.0,
 ) -> dict:
-    """Create the InferenceService, or patch it when it exists, then wait until it is Ready.
+    """Create the InferenceService, or replace the live one, then wait until it is Ready.
 
-    Returns the ready object (a dict; its ``status.url`` is the endpoint). Patching an existing
-    service without ``canary_traffic_percent`` sends all traffic to the new revision (a leftover
-    canary percentage is reset to 100). Raises :class:`DeployError` with the last status
-    conditions when it is not Ready within ``timeout_s`` seconds or the model failed to load.
+    An existing service is replaced (PUT with its ``resourceVersion``; on a 409 conflict the live
+    object is read again and the replace retried, :data:`REPLACE_ATTEMPTS` times in all), so its
+    spec, labels and annotations become exactly ``isvc``'s: fields of an earlier deploy (a GPU node
+    selector, tolerations, a canary percentage, an edited container list) do not survive. Only
+    what the cluster owns is carried over: finalizers, owner references and the deployment-mode
+    annotation KServe's webhook records. Returns the ready object (a dict; its ``status.url`` is
+    the endpoint). Raises :class:`DeployError` when the image uses the placeholder registry, the API
+    refuses the object, or it is not Ready within ``timeout_s`` seconds or the model failed to load.
     ``client`` is a ``kserve.KServeClient`` (default: one from the kubeconfig or in-cluster config).
     """
     if not isinstance(isvc, V1beta1InferenceService):
@@ -335,26 +428,65 @@ def deploy_to_cluster(
     name, namespace = isvc.metadata.name, isvc.metadata.namespace
     if not name or not namespace:
         raise ValueError("isvc.metadata must have a name and a namespace")
+    for container in isvc.spec.predictor.containers or []:
+        _check_deployable_image(container.image)
     client = client or KServeClient()
     existing = _get_or_none(client, name, namespace)
+    created = existing is None
     try:
-        if existing is None:
-            applied = client.create(isvc, namespace=namespace)
-            created = True
-        else:
-            body = isvc
-            old_canary = ((existing.get("spec") or {}).get("predictor") or {}).get("canaryTrafficPercent")
-            if isvc.spec.predictor.canary_traffic_percent is None and old_canary not in (None, 100):
-                body = copy.deepcopy(isvc)
-                body.spec.predictor.canary_traffic_percent = 100
-            applied = client.patch(name, body, namespace=namespace)
-            created = False
+        applied = client.create(isvc, namespace=namespace) if created else None
     except RuntimeError as exc:
-        raise DeployError(f"could not {'create' if existing is None else 'patch'} InferenceService "
-                          f"{namespace}/{name}: {exc}") from exc
+        if _status_of(exc) != 409:
+            raise DeployError(f"could not create InferenceService {namespace}/{name}: {exc}") from exc
+        created, existing = False, _get_or_none(client, name, namespace)  # created meanwhile
+    attempt = 0
+    while not created:
+        attempt += 1
+        if existing is None:
+            raise DeployError(f"InferenceService {namespace}/{name} disappeared while it was being replaced")
+        try:
+            applied = client.replace(name, _replacement(isvc, existing), namespace=namespace)
+            break
+        except RuntimeError as exc:
+            if _status_of(exc) != 409 or attempt >= REPLACE_ATTEMPTS:
+                raise DeployError(f"could not replace InferenceService {namespace}/{name} "
+                                  f"(attempt {attempt}): {exc}") from exc
+            existing = _get_or_none(client, name, namespace)  # changed under us: read it again
     generation = ((applied or {}).get("metadata") or {}).get("generation")
     return wait_ready(client, name, namespace, timeout_s=timeout_s, poll_s=poll_s,
                       generation=generation, created=created)
+
+
+def _replacement(isvc: V1beta1InferenceService, live: Mapping) -> V1beta1InferenceService:
+    """``isvc`` with the live object's ``resourceVersion`` and the metadata the cluster owns."""
+    body = copy.deepcopy(isvc)
+    meta, live_meta = body.metadata, live.get("metadata") or {}
+    meta.resource_version = live_meta.get("resourceVersion")
+    meta.finalizers = live_meta.get("finalizers") or None
+    meta.owner_references = live_meta.get("ownerReferences") or None
+    kept = {k: v for k, v in (live_meta.get("annotations") or {}).items()
+            if k in _SYSTEM_ANNOTATIONS and k not in (meta.annotations or {})}
+    if kept:
+        meta.annotations = {**(meta.annotations or {}), **kept}
+    return body
+
+
+def _check_deployable_image(image: str | None) -> None:
+    if image and image.startswith(images.DEFAULT_REGISTRY + "/"):
+        raise DeployError(
+            f"image {image!r} is in the placeholder registry {images.DEFAULT_REGISTRY}: the cluster cannot "
+            f"pull it. Compile the pipeline with {images.REGISTRY_ENV} set to your registry (its serving_image "
+            f"parameter), pass serving_image / --image, or set {images.REGISTRY_ENV} for a local deploy")
+
+
+def _status_of(exc: BaseException) -> int | None:
+    """HTTP status of an API error that KServeClient wrapped in a RuntimeError."""
+    cause = exc.__cause__ or exc.__context__
+    status = getattr(cause, "status", None)
+    if isinstance(status, int):
+        return status
+    found = re.search(r"\((\d{3})\)", str(exc))
+    return int(found.group(1)) if found else None
 
 
 def wait_ready(
@@ -444,8 +576,7 @@ def _get_or_none(client: Any, name: str, namespace: str) -> dict | None:
     try:
         return client.get(name, namespace=namespace)
     except RuntimeError as exc:  # KServeClient wraps the ApiException in a RuntimeError
-        cause = exc.__cause__ or exc.__context__
-        if getattr(cause, "status", None) == 404 or "(404)" in str(exc):
+        if _status_of(exc) == 404:
             return None
         raise DeployError(f"could not read InferenceService {namespace}/{name}: {exc}") from exc
 
@@ -475,15 +606,16 @@ def _describe(status: Mapping) -> str:
 
 
 def default_inference_service(gpu: int = 1) -> V1beta1InferenceService:
-    """The InferenceService of ``manifests/base`` (``gpu=1``) or of the ``cpu`` overlay (``gpu=0``)."""
-    return build_inference_service(DEFAULT_NAME, DEFAULT_NAMESPACE, DEFAULT_STORAGE_URI, gpu=gpu)
+    """The namespace-neutral InferenceService of ``manifests/base`` (``gpu=1``) or of the ``cpu``
+    component (``gpu=0``); an overlay gives it its namespace."""
+    return build_inference_service(DEFAULT_NAME, None, DEFAULT_STORAGE_URI, gpu=gpu)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m emoflow.serving.deploy",
                                      description="Print an emoflow InferenceService as YAML.")
     parser.add_argument("--name", default=DEFAULT_NAME)
-    parser.add_argument("--namespace", default=DEFAULT_NAMESPACE)
+    parser.add_argument("--namespace", default=None, help="default: none (set by the kustomize overlay)")
     parser.add_argument("--storage-uri", default=DEFAULT_STORAGE_URI)
     parser.add_argument("--gpu", type=int, default=1)
     parser.add_argument("--image", default=None)
