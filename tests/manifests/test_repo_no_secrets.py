@@ -138,7 +138,7 @@ def test_no_credentials_tokens_or_private_hosts_in_the_repository():
     assert problems == [], "\n".join(problems)
 
 
-@pytest.mark.parametrize("rel", ["manifests/base/s3-secret.yaml"])
+@pytest.mark.parametrize("rel", ["manifests/base/s3-secret.yaml", "manifests/components/retrain-webhook/webhook.yaml"])
 def test_secret_template_has_placeholders_only(rel):
     text = (REPO / rel).read_text()
     assert "REPLACE_ME" in text

@@ -7,8 +7,7 @@ account's Secret) to ``/mnt/models``; the predictor loads it from there and repo
 ``/v2/health/ready`` (port 8080) once loaded.
 
     isvc = build_inference_service("emoflow", "team-a", "s3://emoflow/registry/emoflow/v3/",
-                                   image="registry.example.org/ml/emoflow-serve-gpu:0.1.0",
-                                   canary_traffic_percent=10)
+                                   image=serving_image, canary_traffic_percent=10)
     deploy_to_cluster(isvc)            # create, or replace the live spec, then wait for Ready
     promote_canary("emoflow", "team-a")   # or rollback_canary(...)
 
