@@ -6,7 +6,7 @@ namespace, one setting), with the Secret, the accounts and the Role binding the 
 the Prometheus Operator objects use only the operator's field names.
 
 Overlays (stable names, rendered by ``emoflow doctor``'s contract tests too): standalone,
-standalone-cpu, multi-user, multi-user-cpu, dev-minio. Components: cpu, dev-minio,
+standalone-cpu, multi-user, multi-user-cpu, dev-minio. Components: cpu, dev-minio, monitoring,
 registry-credentials, retrain-webhook (needs ``pipeline.yaml`` from ``emoflow compile``: the
 fixture compiles it into its temporary copy of manifests/).
 """
@@ -40,7 +40,7 @@ OVERLAYS = {
     "multi-user-cpu": (PROFILE_NS, "default-editor", False),
     "dev-minio": (STANDALONE_NS, "pipeline-runner", False),
 }
-COMPONENTS = ("cpu", "dev-minio", "registry-credentials", "retrain-webhook")
+COMPONENTS = ("cpu", "dev-minio", "monitoring", "registry-credentials", "retrain-webhook")
 # compositions a platform engineer writes: <overlay> + components, optionally under its own namespace
 COMPOSED = {
     **{f"{o}+{c}": (o, [c], None) for o in ("standalone", "multi-user") for c in COMPONENTS},
@@ -56,6 +56,7 @@ DEPLOY_VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
 WORKLOAD_KINDS = {"ServiceAccount", "Secret", "Role", "RoleBinding", "InferenceService"}
 MINIO_KINDS = {"Deployment", "PersistentVolumeClaim", "Service"}
 WEBHOOK_KINDS = {"ServiceAccount", "Role", "RoleBinding", "Secret", "ConfigMap", "Deployment", "Service"}
+MONITORING_KINDS = {"ConfigMap", "PodMonitor", "PrometheusRule"}
 
 # ---- Prometheus Operator (monitoring.coreos.com/v1) field names, from its API types ----
 RULE_GROUP_FIELDS = {"name", "labels", "interval", "query_offset", "limit", "partial_response_strategy", "rules"}
@@ -108,8 +109,8 @@ def _compose(root: Path, name: str, overlay: str, components: list[str], namespa
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    """{target: [objects]}: every overlay, every composition, the monitoring bundle (alone and under
-    a namespace), rendered from a temporary copy of manifests/ with the default image settings."""
+    """{target: [objects]}: every overlay, every composition and the monitoring bundle, rendered from
+    a temporary copy of manifests/ with the default image settings."""
     assert KUBECTL, "kubectl is needed to render the manifests (apt package kubectl)"
     root = tmp_path_factory.mktemp("kustomize") / "manifests"
     shutil.copytree(MANIFESTS, root)
@@ -121,10 +122,6 @@ def rendered(tmp_path_factory):
     for name, (overlay, components, namespace) in COMPOSED.items():
         out[name] = _kustomize(_compose(root, name, overlay, components, namespace))
     out["monitoring"] = _kustomize(root)
-    mon = root.parent / "monitoring-in-kubeflow"
-    mon.mkdir()
-    (mon / "kustomization.yaml").write_text(yaml.safe_dump({"namespace": STANDALONE_NS, "resources": ["../manifests"]}))
-    out["monitoring@kubeflow"] = _kustomize(mon)
     out["_root"] = root
     return out
 
@@ -135,6 +132,8 @@ def _targets(rendered) -> dict[str, list[dict]]:
 
 def _expected(name: str) -> tuple[str, str, bool]:
     """(namespace, run account, gpu) of an overlay or composition."""
+    if name == "monitoring":
+        return STANDALONE_NS, "", False
     if name in OVERLAYS:
         return OVERLAYS[name]
     overlay, components, namespace = COMPOSED[name]
@@ -180,17 +179,15 @@ def test_every_overlay_renders_the_expected_kinds(rendered):
         kinds = {o["kind"] for o in rendered[name]}
         assert kinds == WORKLOAD_KINDS | (MINIO_KINDS if name == "dev-minio" else set()), name
     assert {o["kind"] for o in rendered["standalone+retrain-webhook"]} == WORKLOAD_KINDS | WEBHOOK_KINDS
-    kinds = {o["kind"] for o in rendered["monitoring"]}
-    assert kinds >= {"ConfigMap", "PrometheusRule", "PodMonitor"}
+    assert {o["kind"] for o in rendered["monitoring"]} == MONITORING_KINDS
+    assert {o["kind"] for o in rendered["multi-user+monitoring"]} == WORKLOAD_KINDS | MONITORING_KINDS
 
 
 def test_everything_lands_in_the_namespace_the_pipeline_runs_in(rendered):
     """No Namespace object (applying or deleting an overlay never touches the namespace itself),
     no cluster-wide RBAC, and every object - components' own ones too - in the overlay's namespace."""
     for name, objs in _targets(rendered).items():
-        if name == "monitoring":
-            continue
-        ns = STANDALONE_NS if name == "monitoring@kubeflow" else _expected(name)[0]
+        ns = _expected(name)[0]
         kinds = {o["kind"] for o in objs}
         assert "Namespace" not in kinds and not kinds & {"ClusterRole", "ClusterRoleBinding"}, name
         for o in objs:
@@ -206,12 +203,15 @@ def test_base_and_components_are_namespace_neutral():
         for doc in docs:
             rel = path.relative_to(MANIFESTS)
             assert doc.get("kind") != "Namespace", rel
-            if rel.parts[0] in {"base", "components", "prometheus"} and "metadata" in doc:
+            if rel.parts[0] in {"base", "components", "prometheus", "grafana"} and "metadata" in doc:
                 assert "namespace" not in doc["metadata"], rel
+            if rel.parts[0] in {"base", "components", "prometheus", "grafana"} and doc.get("kind") == "Kustomization":
+                assert "namespace" not in doc, rel
             for subject in doc.get("subjects") or []:
                 assert "namespace" not in subject, f"{rel}: subject namespaces follow the binding's"
-    monitoring = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
-    assert "namespace" not in monitoring
+    # the monitoring bundle at the top goes beside standalone KFP's predictor; components/monitoring
+    # puts the same objects into any overlay's namespace
+    assert yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())["namespace"] == STANDALONE_NS
 
 
 def test_the_profile_namespace_is_one_setting():
@@ -276,7 +276,7 @@ def test_base_file_equals_build_inference_service(default_images):
 
 def test_rendered_isvc_equals_build_inference_service(rendered, default_images):
     for name, objs in _targets(rendered).items():
-        if name.startswith("monitoring"):
+        if name == "monitoring":
             continue
         ns, _, gpu = _expected(name)
         want = d.to_manifest(d.default_inference_service(gpu=int(gpu)))
@@ -314,7 +314,7 @@ def test_s3_secret_is_a_template_in_kserve_form_where_the_pipeline_runs(rendered
     from pipelines.training import S3_SECRET, S3_SECRET_KEYS
 
     for name, objs in _targets(rendered).items():
-        if name.startswith("monitoring"):
+        if name == "monitoring":
             continue
         ns, _, _ = _expected(name)
         secret = _one(objs, "Secret", S3_SECRET)
@@ -337,7 +337,7 @@ def test_s3_secret_is_a_template_in_kserve_form_where_the_pipeline_runs(rendered
 
 def test_the_run_account_may_do_what_deploy_does(rendered):
     for name, objs in _targets(rendered).items():
-        if name.startswith("monitoring"):
+        if name == "monitoring":
             continue
         ns, account, _ = _expected(name)
         role = _one(objs, "Role", "emoflow-deployer")
@@ -569,10 +569,12 @@ def test_prometheus_rule_uses_operator_fields(rendered):
 
 
 def test_pod_or_service_monitor_uses_operator_fields_and_selects_the_predictor(rendered):
-    objs = rendered["monitoring@kubeflow"]
-    monitors = _by_kind(objs, "PodMonitor") + _by_kind(objs, "ServiceMonitor")
+    monitors = [(m, overlay) for render, overlays in (("monitoring", ("standalone", "standalone-cpu")),
+                                                       ("multi-user+monitoring", ("multi-user", "multi-user-cpu")))
+                for m in _by_kind(rendered[render], "PodMonitor") + _by_kind(rendered[render], "ServiceMonitor")
+                for overlay in overlays]
     assert monitors
-    for mon in monitors:
+    for mon, overlay in monitors:
         kind = mon["kind"]
         assert mon["apiVersion"] == "monitoring.coreos.com/v1"
         problems = _check_fields(mon, {"apiVersion", "kind", "metadata", "spec"}, kind)
@@ -595,13 +597,12 @@ def test_pod_or_service_monitor_uses_operator_fields_and_selects_the_predictor(r
             # it scrapes the predictor pods of the rendered InferenceService, in both KServe modes, on
             # the predictor container's port (tests/manifests/test_scrape_modes.py goes further)
             assert mon["metadata"]["name"] == "emoflow-predictor"
-            for overlay in ("standalone", "standalone-cpu"):
-                isvc = _one(rendered[overlay], "InferenceService")
-                assert isvc["metadata"]["namespace"] == mon["metadata"]["namespace"] == STANDALONE_NS
-                for mode, pod_of in shapes.MODES.items():
-                    targets = shapes.scrape_targets(mon, pod_of(isvc))
-                    assert [(c, p["containerPort"]) for _, c, p in targets] == [("kserve-container", 8080)], mode
-                    assert endpoints[targets[0][0]].get("path", "/metrics") == d.METRICS_PATH
+            isvc = _one(rendered[overlay], "InferenceService")
+            assert isvc["metadata"]["namespace"] == mon["metadata"]["namespace"] == OVERLAYS[overlay][0]
+            for mode, pod_of in shapes.MODES.items():
+                targets = shapes.scrape_targets(mon, pod_of(isvc))
+                assert [(c, p["containerPort"]) for _, c, p in targets] == [("kserve-container", 8080)], mode
+                assert endpoints[targets[0][0]].get("path", "/metrics") == d.METRICS_PATH
 
 
 def test_operator_field_check_catches_mistakes():
