@@ -41,6 +41,7 @@ from kserve.constants import constants as kserve_constants
 from kubernetes import client as k8s
 
 from emoflow import images
+from emoflow.assets import MIRROR_ENV
 
 API_VERSION = f"{kserve_constants.KSERVE_GROUP}/{kserve_constants.KSERVE_V1BETA1_VERSION}"
 KIND = kserve_constants.KSERVE_KIND_INFERENCESERVICE
@@ -52,7 +53,6 @@ DEFAULT_SERVICE_ACCOUNT = "emoflow-s3"
 # The Secret with the S3 credentials (manifests/base/s3-secret.yaml); the predictor reads it as
 # environment variables when it fetches offline assets from an s3:// mirror.
 DEFAULT_S3_SECRET = "emoflow-s3"
-ASSETS_ENV = "EMOFLOW_ASSETS_URI"
 CONTAINER_NAME = "kserve-container"
 MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts STORAGE_URI
 HTTP_PORT = 8080
@@ -167,10 +167,10 @@ def build_inference_service(
     if assets:
         if not isinstance(assets, str) or not _URI.match(assets):
             raise ValueError(f"assets {assets!r} is not a mirror URI (e.g. s3://bucket/assets)")
-        if any(e.name == ASSETS_ENV for e in env):
-            raise ValueError(f"env may not set {ASSETS_ENV}: pass assets instead")
+        if any(e.name == MIRROR_ENV for e in env):
+            raise ValueError(f"env may not set {MIRROR_ENV}: pass assets instead")
         _check_name("s3_secret", s3_secret, _NAMESPACE, allow_dots=True)
-        env.append(k8s.V1EnvVar(name=ASSETS_ENV, value=assets))
+        env.append(k8s.V1EnvVar(name=MIRROR_ENV, value=assets))
         env_from = [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=s3_secret, optional=False))]
 
     if node_selector is None:
