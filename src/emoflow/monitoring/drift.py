@@ -391,29 +391,33 @@ class DriftWindow:
             self._slot = math.floor(self._clock() / self.slot_s)
             self.version = getattr(self, "version", 0) + 1  # changes whenever the counts may change
 
-    def _advance(self) -> None:
-        now = math.floor(self._clock() / self.slot_s)
-        steps = min(now - self._slot, self.slots)
-        for s in range(1, steps + 1):
+    def _advance(self, now: int | None = None) -> None:
+        """Move the ring to the time slot `now` (default: the clock's), emptying the slots passed."""
+        if now is None:
+            now = math.floor(self._clock() / self.slot_s)
+        if now <= self._slot:
+            return
+        for s in range(1, min(now - self._slot, self.slots) + 1):
             old = self._ring[(self._slot + s) % self.slots]
             if any(old):
                 for i, c in enumerate(old):
                     self._totals[i] -= c
                     old[i] = 0
-        if now > self._slot:
-            self._slot = now
-            self.version += 1
+        self._slot = now
+        self.version += 1
 
     def add(self, label: str) -> None:
-        """Count one predicted label at the current time."""
+        """Count one predicted label at the current time (O(1) amortised)."""
         try:
             idx = self._index[label]
         except (KeyError, TypeError):
             raise ValueError(
                 f"predicted label {label!r} is not in the reference distribution {self.labels}"
             ) from None
+        now = math.floor(self._clock() / self.slot_s)
         with self._lock:
-            self._advance()
+            if now != self._slot:
+                self._advance(now)
             self._ring[self._slot % self.slots][idx] += 1
             self._totals[idx] += 1
             self.version += 1
