@@ -143,9 +143,23 @@ def test_promql_rendering_of_vector_matching():
 
 
 def test_python_evaluation_follows_promql_float_semantics():
-    env = {"n": [0.0], "q": [0.0], "N": 0.0, "K": 1.0, "qmin": 0.0}
-    assert math.isnan((drift.n / drift.N).value(env, 0))  # 0 / 0
-    assert (drift.ln(drift.n)).value(env, 0) == -math.inf
-    assert math.isnan((drift.sqrt(drift.N - 1)).value(env))
-    assert math.isnan(((drift.N - 1) ** 0.5).value(env))
-    assert (1 / drift.N).value(env) == math.inf
+    env = {"n": np.array([0.0]), "q": np.array([0.0]), "N": np.array([0.0]), "K": np.float64(1.0), "qmin": np.float64(0)}
+    assert np.isnan((drift.n / drift.N).value(env)).all()  # 0 / 0
+    assert (drift.ln(drift.n)).value(env)[0] == -math.inf
+    assert np.isnan((drift.sqrt(drift.N - 1)).value(env)).all()
+    assert np.isnan(((drift.N - 1) ** 0.5).value(env)).all()
+    assert np.isnan(drift.clamp_min(drift.n / drift.N, 1e-4).value(env)).all()  # clamp_min keeps NaN
+    assert (1 / drift.N).value(env)[0] == math.inf
+
+
+def test_batch_evaluation_equals_one_window_at_a_time():
+    rng = np.random.default_rng(5)
+    ref = [0.31, 0.30, 0.20, 0.19]
+    counts = rng.multinomial(60, [0.4, 0.3, 0.2, 0.1], size=50)
+    batch = drift.compute_batch(counts, ref)
+    for i in (0, 17, 49):
+        one = compute(dict(zip("abcd", counts[i].tolist())), dict(zip("abcd", ref)))
+        for stat in drift.STATISTICS:
+            got = batch[stat.name][i]
+            want = list(one.values[stat.name].values()) if stat.per_emotion else one.values[stat.name]
+            assert np.allclose(got, want, rtol=1e-12, atol=0)

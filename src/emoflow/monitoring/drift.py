@@ -48,6 +48,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
+import numpy as np
+
 DEFAULT_WINDOW = "10m"
 DEFAULT_SLOTS = 120          # time slots of the in-process window (5 s each for 10 minutes)
 EPSILON = 1e-4               # clip of empty shares in psi and g
@@ -91,21 +93,23 @@ class Expr:
     def __rtruediv__(self, other): return _binary("/", other, self)
     def __pow__(self, other): return _binary("^", self, other)
 
-    # -- Python ----------------------------------------------------------------------------
-    def value(self, env: Mapping[str, object], i: int | None = None) -> float:
-        """Evaluate with PromQL's float semantics; `i` indexes the emotion for CLASS nodes."""
+    # -- Python (numpy) --------------------------------------------------------------------
+    def value(self, env: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Evaluate on arrays with PromQL's float semantics (IEEE: x/0 = ±Inf, 0/0 = NaN, ln 0 = -Inf).
+
+        Emotion-level variables have the emotions on the last axis, (model, version)-level ones
+        a last axis of length 1, so a batch of windows (leading axes) evaluates at once."""
         op, a = self.op, self.args
         if op == "const":
-            return a[0]
+            return np.float64(a[0])
         if op == "var":
-            v = env[a[0]]
-            return v[i] if self.level == CLASS else v  # type: ignore[index]
-        if op == "sum":
-            return math.fsum(a[0].value(env, k) for k in range(len(env["n"])))  # type: ignore[arg-type]
-        if op in _FUNCS:
-            x = a[0].value(env, i)
-            return _FUNCS[op][0](x, *a[1:])
-        return _ARITH[op](a[0].value(env, i), a[1].value(env, i))
+            return env[a[0]]
+        with np.errstate(all="ignore"):
+            if op == "sum":
+                return np.sum(a[0].value(env), axis=-1, keepdims=True)
+            if op in _FUNCS:
+                return _FUNCS[op][0](a[0].value(env), *a[1:])
+            return _ARITH[op](a[0].value(env), a[1].value(env))
 
     # -- PromQL ----------------------------------------------------------------------------
     def promql(self, names: Mapping[str, str]) -> str:
@@ -136,37 +140,9 @@ def _num(x: float) -> str:
     return repr(float(x)) if x != int(x) or abs(x) >= 1e15 else str(int(x))
 
 
-def _div(x: float, y: float) -> float:
-    if y == 0:
-        return math.nan if x == 0 or math.isnan(x) else math.copysign(math.inf, x) * math.copysign(1, y)
-    return x / y
-
-
-def _log(base: Callable[[float], float]) -> Callable[[float], float]:
-    def f(x: float) -> float:
-        return base(x) if x > 0 else (-math.inf if x == 0 else math.nan)
-    return f
-
-
-def _pow(x: float, y: float) -> float:
-    try:
-        return math.pow(x, y)
-    except ValueError:
-        return math.nan
-    except OverflowError:
-        return math.inf
-
-
-def _clamp_min(x: float, lo: float) -> float:
-    return x if math.isnan(x) else max(x, lo)
-
-
-_ARITH: dict[str, Callable[[float, float], float]] = {
-    "+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y, "/": _div, "^": _pow,
-}
+_ARITH: dict[str, Callable] = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide, "^": np.power}
 _FUNCS: dict[str, tuple[Callable, str]] = {
-    "ln": (_log(math.log), "ln"), "log2": (_log(math.log2), "log2"),
-    "sqrt": (lambda x: math.sqrt(x) if x >= 0 else math.nan, "sqrt"), "clamp_min": (_clamp_min, "clamp_min"),
+    "ln": (np.log, "ln"), "log2": (np.log2, "log2"), "sqrt": (np.sqrt, "sqrt"), "clamp_min": (np.maximum, "clamp_min"),
 }
 
 
@@ -177,14 +153,16 @@ def _lift(x) -> Expr:
 def _binary(op: str, a, b) -> Expr:
     a, b = _lift(a), _lift(b)
     if a.op == "const" and b.op == "const":
-        return Expr("const", (_ARITH[op](a.args[0], b.args[0]),))
+        with np.errstate(all="ignore"):
+            return Expr("const", (float(_ARITH[op](np.float64(a.args[0]), np.float64(b.args[0]))),))
     return Expr(op, (a, b), max(a.level, b.level))
 
 
 def _func(op: str, x, *params: float) -> Expr:
     x = _lift(x)
     if x.op == "const":
-        return Expr("const", (_FUNCS[op][0](x.args[0], *params),))
+        with np.errstate(all="ignore"):
+            return Expr("const", (float(_FUNCS[op][0](np.float64(x.args[0]), *params)),))
     return Expr(op, (x, *params), x.level)
 
 
@@ -325,19 +303,28 @@ def compute(counts: Mapping[str, float], reference: Mapping[str, float]) -> Drif
     if extra:
         raise ValueError(f"counts for emotions outside the reference {sorted(reference)}: {sorted(extra)}")
     labels = list(reference)
-    ns = [float(counts.get(k, 0)) for k in labels]
-    qs = [float(reference[k]) for k in labels]
-    env: dict[str, object] = {"n": ns, "q": qs, "N": math.fsum(ns), "K": float(len(labels)), "qmin": min(x for x in qs if x > 0)}
-    if ENOUGH.value(env) < MIN_EXPECTED:
+    values = compute_batch(np.array([[float(counts.get(k, 0)) for k in labels]]), [reference[k] for k in labels])
+    if not values["enough"][0]:
         return None
-    for stat in STATISTICS:  # in order: a formula may read the statistics above it
-        if stat.per_emotion:
-            env[stat.name] = [stat.formula.value(env, i) for i in range(len(labels))]
-        else:
-            env[stat.name] = stat.formula.value(env)
-    return DriftStats(count=int(env["N"]), values={
-        stat.name: dict(zip(labels, env[stat.name])) if stat.per_emotion else env[stat.name]  # type: ignore[arg-type]
+    return DriftStats(count=int(values["N"][0]), values={
+        stat.name: dict(zip(labels, values[stat.name][0].tolist())) if stat.per_emotion else float(values[stat.name][0])
         for stat in STATISTICS})
+
+
+def compute_batch(counts: np.ndarray, reference: "list[float] | np.ndarray") -> dict[str, np.ndarray]:
+    """Every statistic for a batch of windows: counts of shape (windows, emotions) in the order of
+    `reference` (shares). Returns {statistic: array (windows,) or (windows, emotions)}, plus "N"
+    and "enough" (N * qmin >= MIN_EXPECTED); statistics of windows not enough are computed anyway."""
+    q = np.asarray(reference, dtype=np.float64)
+    n = np.asarray(counts, dtype=np.float64)
+    env: dict[str, np.ndarray] = {"n": n, "q": q, "N": n.sum(axis=-1, keepdims=True),
+                                  "K": np.float64(q.shape[-1]), "qmin": np.min(q[q > 0])}
+    for stat in STATISTICS:  # in order: a formula may read the statistics above it
+        env[stat.name] = np.broadcast_to(stat.formula.value(env), n.shape if stat.per_emotion else env["N"].shape)
+    out = {stat.name: env[stat.name] if stat.per_emotion else env[stat.name][..., 0] for stat in STATISTICS}
+    out["N"] = env["N"][..., 0]
+    out["enough"] = ENOUGH.value(env)[..., 0] >= MIN_EXPECTED
+    return out
 
 
 def promql(stat: Statistic | Expr, names: Mapping[str, str]) -> str:
