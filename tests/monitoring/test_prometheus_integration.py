@@ -1,15 +1,18 @@
 """The real Prometheus server (Debian package) on 127.0.0.1 scraping a real metrics endpoint.
 
 Prometheus (1 s scrape and rule evaluation) runs the production rules rendered with seconds-long
-windows (`rules.rule_groups(drift_window="10s", ...)`); a stationary then a shifted stream of
-predictions is sent, and the test reads the recording-rule PSI and the EmotionDistributionDrift
-alert going pending then firing through Prometheus' HTTP API. Two targets:
+windows (`rules.rule_groups(drift_window="20s", ...)`, the predictor's in-process window set to the
+same 20 s); a stationary then a shifted stream of predictions is sent, and the test reads the
+recording rules and the EmotionDistributionDrift alert going pending then firing through
+Prometheus' HTTP API. Two targets:
 
 - test_real_predictor: the emoflow KServe predictor (`python -m emoflow.serving.predictor`) over
   HTTP, serving a tiny A1 model whose classifier is rescaled so that two known sentences give
   "neutral" and "happy" (random weights alone give near-constant outputs);
 - test_metrics_endpoint: PredictionMetrics served by prometheus_client, fed directly (no model),
-  with exact shares (PSI 0 stationary, 0.1796 shifted).
+  with exact shares (PSI 0 stationary, 0.1796 shifted); the in-process gauges, scraped, agree with
+  the recording rules (the same formulas, emoflow.monitoring.drift); stopping the endpoint raises
+  PredictorMetricsAbsent.
 """
 
 import base64
@@ -32,13 +35,15 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
-from emoflow.monitoring import rules
+from emoflow.monitoring import drift, rules
 from emoflow.monitoring.metrics import PredictionMetrics
 
 pytestmark = pytest.mark.slow
 
-TEST_RULES = dict(drift_window="10s", drift_for="3s", share_for="3s", min_predictions=50, interval="1s")
-PSI = "emoflow:drift_psi:ratio10s"
+WINDOW = "20s"
+TEST_RULES = dict(drift_window=WINDOW, drift_for="2s", share_for="2s", absent_for="3s", interval="1s")
+SERIES = rules.drift_series(WINDOW)
+PSI, ZSCORE = SERIES["psi"], SERIES["g_zscore"]
 
 
 def binary(name):
@@ -141,9 +146,9 @@ def query(api, expr):
             for s in r.json()["data"]["result"]}
 
 
-def drift_alert_state(api):
+def alert_state(api, name="EmotionDistributionDrift"):
     alerts = api.get("/api/v1/alerts").json()["data"]["alerts"]
-    states = {a["state"] for a in alerts if a["labels"]["alertname"] == "EmotionDistributionDrift"}
+    states = {a["state"] for a in alerts if a["labels"]["alertname"] == name}
     return "firing" if "firing" in states else ("pending" if "pending" in states else None)
 
 
@@ -151,21 +156,21 @@ def check_stationary_then_shift(api, stream, shifted_batches, model="emo", versi
     """Stationary PSI small and no alert; after the shift the alert goes pending then firing."""
     key = (("model", model), ("version", version))
     deadline = time.time() + 60
-    while not query(api, f"{PSI} and on (model, version) emoflow:predictions:rate10s * 10 >= 50"):
+    while not query(api, ZSCORE):  # recorded once the window holds enough predictions
         assert not stream.errors, stream.errors[:3]
-        assert time.time() < deadline, "no PSI recorded from the stationary stream"
+        assert time.time() < deadline, "no G-test score recorded from the stationary stream"
         time.sleep(0.5)
     time.sleep(2)
     stationary = []
     for _ in range(8):
         stationary.append(query(api, PSI)[key])
-        assert drift_alert_state(api) is None
+        assert alert_state(api) is None
         time.sleep(0.5)
     assert max(stationary) < max_stationary, stationary
     stream.batches = shifted_batches
     t0, seen, deadline = time.time(), [], time.time() + 60
     while time.time() < deadline:
-        state = drift_alert_state(api)
+        state = alert_state(api)
         if state and (not seen or seen[-1] != state):
             seen.append(state)
         if state == "firing":
@@ -174,8 +179,24 @@ def check_stationary_then_shift(api, stream, shifted_batches, model="emo", versi
     assert not stream.errors, stream.errors[:3]
     assert seen == ["pending", "firing"], seen
     shifted = query(api, PSI)[key]
-    assert shifted > 0.1, shifted
+    assert shifted > rules.DEFAULTS["psi_threshold"] and query(api, ZSCORE)[key] > rules.DEFAULTS["zscore_threshold"], shifted
     return max(stationary), shifted, time.time() - t0
+
+
+def assert_gauges_match_rules(api):
+    """One definition: each in-process gauge (one replica, scraped) agrees with its recording rule;
+    exactly on equal counts (test_monitoring_rules), here within the scrape/evaluation offsets and
+    increase()'s extrapolation to the window edges (G scales with the count, hence 10 %)."""
+    for stat in drift.STATISTICS:
+        gauge = query(api, f"emoflow_drift_{stat.name}")
+        rule = query(api, SERIES[stat.name])
+        gauge = {tuple(kv for kv in k if kv[0] in ("model", "version", "emotion")): v for k, v in gauge.items()}
+        assert gauge.keys() == rule.keys() and rule, (stat.name, gauge, rule)
+        for k in rule:
+            tol = 0.1 * abs(rule[k]) if stat.name in ("g", "g_zscore") else 0.03
+            assert gauge[k] == pytest.approx(rule[k], abs=max(tol, 1e-6)), (stat.name, k, gauge[k], rule[k])
+        if not stat.per_emotion:
+            print(f"\n{stat.name}: in-process gauge {list(gauge.values())[0]:.4f}, recording rule {list(rule.values())[0]:.4f}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +251,7 @@ def test_real_predictor(tmp_path, start_prometheus):
     neutral_text, happy_text = build_steerable_model(tmp_path / "emo", audio)
     port = free_port()
     log = tmp_path / "predictor.log"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", EMOFLOW_DRIFT_WINDOW="200")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", EMOFLOW_DRIFT_WINDOW=WINDOW)
     proc = subprocess.Popen(
         [sys.executable, "-m", "emoflow.serving.predictor", "--model_name", "emo", "--storage_uri",
          str(tmp_path / "emo"), "--host", "127.0.0.1", "--http_port", str(port)],
@@ -252,16 +273,20 @@ def test_real_predictor(tmp_path, start_prometheus):
         stationary = [[neutral_text, happy_text] * 4]                 # shares 0.5 / 0.5 = reference
         shifted = [[neutral_text] * 6 + [happy_text] * 2]             # 0.75 / 0.25: PSI 0.275
         stream = Stream(send, stationary, period_s=0.1)
-        s_psi, psi, delay = check_stationary_then_shift(api, stream, shifted)
+        s_psi, first_psi, delay = check_stationary_then_shift(api, stream, shifted)
+        time.sleep(rules.duration_seconds(WINDOW) + 2)  # both windows now hold the shifted stream only
+        psi = query(api, PSI)[(("model", "emo"), ("version", "v1"))]
         assert psi == pytest.approx(0.25 * math.log(1.5) + 0.25 * math.log(2), abs=0.06)
+        assert_gauges_match_rules(api)
         # KServe's latency histogram and our error counter are scraped from the same endpoint
         assert query(api, 'emoflow:request_predict_seconds:p99_rate5m{model_name="emo"}')
         r = client.post("/v1/models/emo:predict", json={"instances": [{"audio": "not base64!"}]})
         assert 400 <= r.status_code < 500
         metrics = client.get("/metrics").text
         assert 'emoflow_request_errors_total{model="emo"' in metrics
-        assert 'emoflow_drift_chi2_pvalue{model="emo",version="v1"}' in metrics
-        print(f"\nreal predictor: stationary PSI max {s_psi:.4f}; shifted PSI {psi:.4f}; firing {delay:.1f} s after the shift")
+        assert 'emoflow_drift_g_zscore{model="emo",version="v1"}' in metrics
+        print(f"\nreal predictor: stationary PSI max {s_psi:.4f}; PSI {first_psi:.4f} when firing "
+              f"{delay:.1f} s after the shift, {psi:.4f} a window later")
     finally:
         if stream is not None:
             stream.stop()
@@ -274,10 +299,10 @@ def test_real_predictor(tmp_path, start_prometheus):
 
 def test_metrics_endpoint(start_prometheus):
     reg = CollectorRegistry()
-    metrics = PredictionMetrics(reg, window=200)
+    metrics = PredictionMetrics(reg, window=WINDOW)
     metrics.set_reference("emo", "v1", {"neutral": 0.25, "happy": 0.25, "sad": 0.25, "angry": 0.25})
     port = free_port()
-    server, _ = start_http_server(port, addr="127.0.0.1", registry=reg)
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=reg)
     api = start_prometheus(port)
 
     def send(labels):
@@ -291,12 +316,25 @@ def test_metrics_endpoint(start_prometheus):
     try:
         s_psi, psi, delay = check_stationary_then_shift(api, stream, [shifted[i:i + 4] for i in range(0, 60, 4)],
                                                         max_stationary=0.01)
-        shares = query(api, "emoflow:emotion_share:ratio10s")
+        time.sleep(rules.duration_seconds(WINDOW) + 2)  # both windows now hold the shifted stream only
+        stream.stop()
+        time.sleep(2.5)  # two more scrapes and evaluations of the final counts
+        shares = query(api, SERIES["share"])
         assert shares[(("emotion", "neutral"), ("model", "emo"), ("version", "v1"))] == pytest.approx(0.45, abs=0.03)
-        assert psi == pytest.approx(0.1796, abs=0.03)
-        stats = metrics.drift("emo", "v1")  # the in-process gauges saw it too
-        assert stats.chi2_pvalue < 1e-4 and stats.psi > 0.1
+        assert query(api, PSI)[(("model", "emo"), ("version", "v1"))] == pytest.approx(0.1796, abs=0.03)
+        assert_gauges_match_rules(api)
         print(f"\nmetrics endpoint: stationary PSI max {s_psi:.4f}; shifted PSI {psi:.4f}; firing {delay:.1f} s after the shift")
+        # issue 14 item 5: the target goes away -> PredictorMetricsAbsent
+        assert alert_state(api, "PredictorMetricsAbsent") is None
+        server.shutdown()
+        server.server_close()
+        deadline = time.time() + 60
+        while alert_state(api, "PredictorMetricsAbsent") != "firing":
+            assert time.time() < deadline, "PredictorMetricsAbsent did not fire after the target went away"
+            time.sleep(0.5)
+        reasons = {a["labels"]["reason"] for a in api.get("/api/v1/alerts").json()["data"]["alerts"]
+                   if a["labels"]["alertname"] == "PredictorMetricsAbsent" and a["state"] == "firing"}
+        assert "no_target_up" in reasons, reasons
     finally:
         stream.stop()
         server.shutdown()

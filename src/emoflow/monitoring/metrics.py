@@ -6,7 +6,7 @@ API used by the serving code (keep it exactly this)::
 
     m = default_metrics()          # one per process, on prometheus_client's global REGISTRY,
                                    # so it appears on the KServe server's /metrics
-    # or PredictionMetrics(registry=CollectorRegistry(), window=500) for a private registry (tests)
+    # or PredictionMetrics(registry=CollectorRegistry(), window="10m") for a private registry (tests)
 
     m.set_reference(model, version, shares)       # shares: {emotion: share}, the registry's
                                                   # reference distribution of predicted emotions
@@ -26,14 +26,15 @@ Series exposed (label names fixed):
 - emoflow_modality_total{model,mode}                     counter
 - emoflow_request_errors_total{model,reason}             counter
 - emoflow_reference_share{model,version,emotion}         gauge, set by set_reference
-- emoflow_drift_psi{model,version}                       gauge, PSI of the sliding window
-- emoflow_drift_js{model,version}                        gauge, Jensen–Shannon divergence (base 2)
-- emoflow_drift_chi2_pvalue{model,version}               gauge, chi-square goodness-of-fit p-value
+- emoflow_drift_<statistic>{model,version[,emotion]}   gauges, one per statistic of
+  emoflow.monitoring.drift.STATISTICS: share, share_delta (per emotion), psi, js, g, g_zscore
 - emoflow_drift_window_count{model,version}              gauge, predictions in the window
 
-The drift gauges exist once set_reference was called for (model, version); they are computed at
-scrape time from the window counts (observe itself is O(1)) and read NaN until the window holds
-the minimum count (default: ≥ 5 expected predictions per class, see emoflow.monitoring.drift).
+The drift gauges are computed at scrape time from the counts of the last `window` (default 10m,
+the window of the recording rules; observe itself is O(1)) by the same formulas the recording rules
+`emoflow:drift_<statistic>:increase10m` are rendered from, so a replica's gauge equals the rule over
+that replica's counters. They exist once set_reference was called for (model, version) and read NaN
+until the window holds enough predictions (>= 5 expected in the rarest reference class).
 set_reference also creates emoflow_predictions_total at 0 for every reference emotion, so the
 Prometheus rules see emotions that are never predicted (their share is 0, not missing).
 """
@@ -44,11 +45,13 @@ import math
 import os
 import re
 import threading
-from typing import Mapping
+import time
+from typing import Callable, Mapping
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from emoflow.monitoring.drift import DEFAULT_EPSILON, DEFAULT_WINDOW, DriftStats, DriftWindow, validate_shares
+from emoflow.monitoring.drift import (DEFAULT_SLOTS, DEFAULT_WINDOW, STATISTICS, DriftStats, DriftWindow,
+                                      validate_shares)
 
 MODES = ("audio+text", "audio-only", "asr-text", "text-only")
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
@@ -61,9 +64,7 @@ METRIC_NAMES = (
     "emoflow_modality_total",
     "emoflow_request_errors_total",
     "emoflow_reference_share",
-    "emoflow_drift_psi",
-    "emoflow_drift_js",
-    "emoflow_drift_chi2_pvalue",
+    *(f"emoflow_drift_{stat.name}" for stat in STATISTICS),
     "emoflow_drift_window_count",
 )
 
@@ -81,18 +82,20 @@ class PredictionMetrics:
         self,
         registry: CollectorRegistry | None = REGISTRY,
         *,
-        window: int = DEFAULT_WINDOW,
-        min_count: int | None = None,
-        epsilon: float = DEFAULT_EPSILON,
+        window: str | float = DEFAULT_WINDOW,
+        slots: int = DEFAULT_SLOTS,
         confidence_buckets: tuple[float, ...] = CONFIDENCE_BUCKETS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Create the metric families in `registry` (None: not registered anywhere).
 
-        window / min_count / epsilon configure the drift window of each (model, version).
+        window (a Prometheus duration such as "10m", or seconds) and slots configure the drift
+        window of each (model, version); keep `window` equal to the rules' drift_window.
         """
         self.window = window
-        self.min_count = min_count
-        self.epsilon = epsilon
+        self.slots = slots
+        self.clock = clock
+        DriftWindow({"a": 0.5, "b": 0.5}, window, slots=slots, clock=clock)  # bad settings fail here
         kw = {"registry": registry}
         self.predictions = Counter(
             "emoflow_predictions", "Predictions answered, by predicted emotion",
@@ -109,20 +112,16 @@ class PredictionMetrics:
         self.reference_share = Gauge(
             "emoflow_reference_share", "Reference (training-time) share of each predicted emotion",
             ["model", "version", "emotion"], **kw)
-        self.drift_psi = Gauge(
-            "emoflow_drift_psi", "Population stability index of the sliding window vs reference",
-            ["model", "version"], **kw)
-        self.drift_js = Gauge(
-            "emoflow_drift_js", "Jensen-Shannon divergence (base 2) of the sliding window vs reference",
-            ["model", "version"], **kw)
-        self.drift_pvalue = Gauge(
-            "emoflow_drift_chi2_pvalue", "Chi-square goodness-of-fit p-value of the sliding window vs reference",
-            ["model", "version"], **kw)
+        self.drift_gauges = {
+            stat.name: Gauge(f"emoflow_drift_{stat.name}", f"{stat.help} (in-process window of this replica)",
+                             ["model", "version", "emotion"] if stat.per_emotion else ["model", "version"], **kw)
+            for stat in STATISTICS
+        }
         self.drift_count = Gauge(
             "emoflow_drift_window_count", "Predictions currently in the drift window",
             ["model", "version"], **kw)
         self._windows: dict[tuple[str, str], DriftWindow] = {}
-        self._cache: dict[tuple[str, str], tuple[int, DriftStats | None]] = {}
+        self._cache: dict[tuple[str, str], tuple[tuple[int, int], DriftStats | None]] = {}
         self._lock = threading.Lock()
 
     # -- API used by serving --------------------------------------------------------------
@@ -135,21 +134,29 @@ class PredictionMetrics:
         """
         key = (_check_name("model", model), _check_name("version", version))
         ref = validate_shares(shares)
-        win = DriftWindow(ref, window=self.window, min_count=self.min_count, epsilon=self.epsilon)
+        win = DriftWindow(ref, self.window, slots=self.slots, clock=self.clock)
         with self._lock:
             old = self._windows.get(key)
             if old is not None:
                 for emotion in old.labels:
                     if emotion not in ref:
                         self.reference_share.remove(model, version, emotion)
+                        for stat in STATISTICS:
+                            if stat.per_emotion:
+                                self.drift_gauges[stat.name].remove(model, version, emotion)
             self._windows[key] = win
             self._cache.pop(key, None)
         for emotion, share in ref.items():
             self.reference_share.labels(model, version, emotion).set(share)
             self.predictions.labels(model, version, emotion)  # exists at 0 from now on
-        self.drift_psi.labels(model, version).set_function(lambda: self._stat(key, "psi"))
-        self.drift_js.labels(model, version).set_function(lambda: self._stat(key, "js"))
-        self.drift_pvalue.labels(model, version).set_function(lambda: self._stat(key, "chi2_pvalue"))
+        for stat in STATISTICS:
+            gauge = self.drift_gauges[stat.name]
+            if stat.per_emotion:
+                for emotion in ref:
+                    gauge.labels(model, version, emotion).set_function(
+                        lambda name=stat.name, e=emotion: self._stat(key, name, e))
+            else:
+                gauge.labels(model, version).set_function(lambda name=stat.name: self._stat(key, name))
         self.drift_count.labels(model, version).set_function(lambda: float(win.count))
 
     def observe(self, model: str, version: str, label: str, confidence: float, mode: str) -> None:
@@ -191,18 +198,18 @@ class PredictionMetrics:
             raise KeyError(f"no reference distribution set for model {model!r} version {version!r}") from None
         return win.stats()
 
-    def _stat(self, key: tuple[str, str], field: str) -> float:
-        # one stats() computation per scrape, shared by the three gauges
+    def _stat(self, key: tuple[str, str], name: str, emotion: str | None = None) -> float:
+        # one computation per scrape and window state, shared by every drift gauge of the key
         win = self._windows.get(key)
         if win is None:
             return math.nan
-        adds = win.total_added
+        state = win.state()
         cached = self._cache.get(key)
-        if cached is None or cached[0] != adds:
-            cached = (adds, win.stats())
+        if cached is None or cached[0] != state:
+            cached = (state, win.stats())
             self._cache[key] = cached
         stats = cached[1]
-        return math.nan if stats is None else float(getattr(stats, field))
+        return math.nan if stats is None else float(stats.value(name, emotion))
 
 
 _default: PredictionMetrics | None = None
@@ -212,22 +219,18 @@ _default_lock = threading.Lock()
 def default_metrics() -> PredictionMetrics:
     """The process-wide PredictionMetrics on the global REGISTRY (created on first call).
 
-    Drift window settings come from env: EMOFLOW_DRIFT_WINDOW (default 500) and
-    EMOFLOW_DRIFT_MIN_COUNT (default: ≥ 5 expected per class)."""
+    The drift window comes from env EMOFLOW_DRIFT_WINDOW, a Prometheus duration (default 10m, the
+    recording rules' window) or seconds."""
     global _default
     with _default_lock:
         if _default is None:
-            window = _env_int("EMOFLOW_DRIFT_WINDOW", DEFAULT_WINDOW)
-            min_count = _env_int("EMOFLOW_DRIFT_MIN_COUNT", None)
-            _default = PredictionMetrics(window=window, min_count=min_count)
+            raw = os.environ.get("EMOFLOW_DRIFT_WINDOW", "") or DEFAULT_WINDOW
+            try:
+                window: str | float = float(raw)
+            except ValueError:
+                window = raw
+            try:
+                _default = PredictionMetrics(window=window)
+            except ValueError as exc:
+                raise ValueError(f"environment variable EMOFLOW_DRIFT_WINDOW: {exc}") from None
         return _default
-
-
-def _env_int(name: str, default: int | None) -> int | None:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None

@@ -6,65 +6,88 @@ writes `rules.yml` (plain rule file, for a Prometheus without the operator: list
 `rule_files:`) and `prometheusrule.yaml` (monitoring.coreos.com/v1 PrometheusRule with the same
 groups). `--check` renders in memory and exits 1 when the files on disk differ.
 
-Recording rules (labels model, version[, emotion]; summed over replicas, counter resets handled by
-rate()):
+Drift (group emoflow.drift; labels model, version[, emotion]; summed over replicas,
+counter resets handled by increase()). The statistics are those of emoflow.monitoring.drift
+(`STATISTICS`), rendered to PromQL from the same formulas that compute the predictor's in-process
+gauges, over the same window W (default 10m):
 
-- emoflow:emotion_predictions:rate<W>     sum by (model, version, emotion) (rate(emoflow_predictions_total[W]))
-- emoflow:predictions:rate<W>             the same per (model, version); series with 0 traffic give no shares
-- emoflow:emotion_share:ratio<W>          emotion rate / model-version rate
-- emoflow:reference_share:max             max over replicas of emoflow_reference_share
-- emoflow:emotion_share_delta:ratio<W>    share - reference share
-- emoflow:drift_psi:ratio<W>              sum over emotions of (p - q) ln(p / q), p and q clipped at 1e-4
-- emoflow:request_error_ratio:rate5m      errors / (errors + predictions), per model
-- emoflow:request_predict_seconds:p50_rate5m / p99_rate5m   from KServe's request_predict_seconds
-  histogram (kserve 0.21: `request_predict_seconds_bucket{model_name, le}`)
+- emoflow:emotion_predictions:increase<W>   n: sum by (model, version, emotion) (increase(emoflow_predictions_total[W]))
+- emoflow:predictions:increase<W>           N: the same per (model, version)
+- emoflow:reference_share:max               q: max over replicas of emoflow_reference_share
+- emoflow:reference_emotions:count          K;  emoflow:reference_share:min_positive  qmin
+- emoflow:emotion_share:increase<W>, emoflow:emotion_share_delta:increase<W>    per emotion
+- emoflow:drift_psi:increase<W>, emoflow:drift_js:increase<W>, emoflow:drift_g:increase<W>,
+  emoflow:drift_g_zscore:increase<W>        per (model, version)
 
-Shares are per (model, version): each version is compared with its own reference distribution,
-which is right during a canary where two versions serve side by side. The set_reference call of
-PredictionMetrics creates every emotion's counter at 0, so an emotion that is never predicted gets
-share 0 (not a missing series) and weighs fully in the PSI.
+Each statistic is recorded only where N * qmin >= 5 (drift.MIN_EXPECTED), as the gauges read NaN
+below it. Shares are per (model, version): each version is compared with its own reference
+distribution, which is right during a canary where two versions serve side by side.
 
-Alerts: EmotionDistributionDrift, EmotionShareShift, PredictorNoTraffic, PredictorErrorRatioHigh,
-PredictorLatencyP99High. The drift and share alerts require at least `min_predictions` predictions
-in the window, so a trickle of traffic cannot raise them.
+Alerts:
+- EmotionDistributionDrift: the G-test score g_zscore above `zscore_threshold` (4.75: p < ~1e-6 per
+  evaluation) AND the PSI above `psi_threshold` (an effect-size floor, so that heavy traffic does not
+  alert on tiny but significant shifts), for `drift_for` (1m). The G test carries its own noise
+  level, so the long `for:` the PSI alone needed is gone.
+- EmotionShareShift: one emotion's share moved by more than `share_threshold` while the G test is
+  significant.
+- PredictorMetricsAbsent: no `up == 1` target of the predictor's job, or no emoflow_reference_share
+  series from it, for `absent_for` (no drift alert can fire without series).
+- PredictorNoTraffic: scraped, but no prediction in `no_traffic_window`.
+- PredictorServerErrorRatioHigh / PredictorClientErrorRatioHigh: 5xx / 4xx share of all HTTP
+  responses (emoflow_http_responses_total{route, code_class}, counted by the serving layer for
+  every response, KServe's own 400/404/413/422 included; scrape and health routes excluded),
+  with at least `error_min_requests` requests in the window.
+- PredictorLatencyP99High: from KServe's request_predict_seconds histogram
+  (kserve 0.21: `request_predict_seconds_bucket{model_name, le}`).
 
 `rule_groups(**overrides)` returns the groups with other windows/thresholds (the integration test
-uses seconds-long windows); DEFAULTS lists every parameter.
+and the benchmark use seconds-long windows); DEFAULTS lists every parameter.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 import yaml
 
+from emoflow.monitoring import drift
+from emoflow.monitoring.drift import duration_seconds
+
 DEFAULTS: dict[str, object] = {
-    "drift_window": "30m",        # rate window of the share/PSI recording rules
-    "psi_threshold": 0.1,
-    "drift_for": "15m",
+    "drift_window": drift.DEFAULT_WINDOW,  # window of the drift statistics (the in-process gauges' too)
+    "zscore_threshold": 4.75,      # G-test score; 4.75 = p-value ~1e-6 per evaluation
+    "psi_threshold": 0.02,         # effect-size floor of EmotionDistributionDrift
+    "drift_for": "1m",
     "share_threshold": 0.15,       # absolute change of one emotion's share
-    "share_for": "15m",
-    "min_predictions": 200,        # predictions per (model, version) in the drift window
-    "epsilon": 0.0001,
+    "share_for": "1m",
+    "absent_for": "10m",
+    "predictor_job": "(.+/)?emoflow-predictor",  # regex of the job label; PodMonitor jobs are <namespace>/<name>
     "no_traffic_window": "10m",
     "no_traffic_for": "15m",
     "error_window": "5m",
-    "error_ratio_threshold": 0.05,
-    "error_for": "10m",
+    "server_error_ratio_threshold": 0.05,
+    "server_error_for": "5m",
+    "client_error_ratio_threshold": 0.25,
+    "client_error_for": "15m",
+    "error_min_requests": 20,      # requests in the error window before a ratio can alert
+    "probe_routes": "/metrics|/v2/health/live|/v2/health/ready",  # not client traffic: left out of the ratios
     "latency_window": "5m",
     "latency_p99_threshold_s": 2.0,
     "latency_for": "10m",
     "interval": "30s",             # rule group evaluation interval
     "kserve_selector": "",         # extra label matchers for request_predict_seconds, e.g. 'namespace="emo"'
 }
+_DURATIONS = ("drift_window", "drift_for", "share_for", "absent_for", "no_traffic_window", "no_traffic_for",
+              "error_window", "server_error_for", "client_error_for", "latency_window", "latency_for", "interval")
 
 RULE_NAME = "emoflow"
 RULES_FILE = "rules.yml"
 PROMETHEUSRULE_FILE = "prometheusrule.yaml"
 HEADER = "# Generated by `python -m emoflow.monitoring.rules`; edit src/emoflow/monitoring/rules.py instead.\n"
+# labels of one target that the error ratios sum away (prometheus-operator adds pod, container, endpoint)
+TARGET_LABELS = "instance, pod, container, endpoint"
 
 
 def _params(overrides: dict) -> dict:
@@ -72,89 +95,121 @@ def _params(overrides: dict) -> dict:
     if unknown:
         raise ValueError(f"unknown rule parameters {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     p = {**DEFAULTS, **overrides}
-    for key in ("drift_window", "drift_for", "share_for", "no_traffic_window", "no_traffic_for",
-                "error_window", "error_for", "latency_window", "latency_for", "interval"):
+    for key in _DURATIONS:
         duration_seconds(p[key], key)
     return p
 
 
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+def _seconds(duration: str) -> str:
+    s = duration_seconds(duration)
+    return str(int(s)) if s == int(s) else repr(s)
 
 
-def duration_seconds(value: object, name: str = "duration") -> float:
-    """Seconds of a simple Prometheus duration such as "30s", "5m", "1h" (one unit)."""
-    m = re.fullmatch(r"(\d+)(ms|s|m|h|d|w)", str(value))
-    if not m:
-        raise ValueError(f"{name} must be a Prometheus duration like 30s, 5m, 1h; got {value!r}")
-    return int(m.group(1)) * _UNITS[m.group(2)]
+def drift_series(window: str) -> dict[str, str]:
+    """Series name of each drift variable and statistic for the window (drift.VARIABLES, STATISTICS)."""
+    names = {"n": f"emoflow:emotion_predictions:increase{window}", "N": f"emoflow:predictions:increase{window}",
+             "q": "emoflow:reference_share:max", "K": "emoflow:reference_emotions:count",
+             "qmin": "emoflow:reference_share:min_positive"}
+    for stat in drift.STATISTICS:
+        level = "emotion" if stat.per_emotion else "drift"
+        names[stat.name] = f"emoflow:{level}_{stat.name}:increase{window}"
+    return names
+
+
+def drift_recording_rules(window: str) -> list[dict]:
+    """Recording rules of the drift variables and of every statistic in drift.STATISTICS."""
+    names = drift_series(window)
+    enough = f"{drift.ENOUGH.promql(names)} >= {drift.MIN_EXPECTED:g}"
+    rules = [
+        {"record": names["n"], "expr": f"sum by (model, version, emotion) (increase(emoflow_predictions_total[{window}]))"},
+        {"record": names["N"], "expr": f"sum by (model, version) ({names['n']})"},
+        {"record": names["q"], "expr": "max by (model, version, emotion) (emoflow_reference_share)"},
+        {"record": names["K"], "expr": f"count by (model, version) ({names['q']})"},
+        {"record": names["qmin"], "expr": f"min by (model, version) ({names['q']} > 0)"},
+    ]
+    for stat in drift.STATISTICS:
+        rules.append({"record": names[stat.name],
+                      "expr": f"{drift.promql(stat, names)}\nand on (model, version)\n{enough}"})
+    return rules
 
 
 def rule_groups(**overrides) -> list[dict]:
     """The rule groups (Prometheus rule-file `groups:` list) for the given parameters."""
     p = _params(overrides)
     W = p["drift_window"]
-    eps = p["epsilon"]
+    names = drift_series(W)
     sel = p["kserve_selector"]
     ksel = "{" + sel + "}" if sel else ""
-    share = f"emoflow:emotion_share:ratio{W}"
-    psi = f"emoflow:drift_psi:ratio{W}"
-    total = f"emoflow:predictions:rate{W}"
-    seconds = duration_seconds(W)
-    seconds = int(seconds) if seconds == int(seconds) else seconds
-    enough = f"{total} * {seconds} >= {p['min_predictions']}"  # predictions in the window
-    recording = [
-        {"record": f"emoflow:emotion_predictions:rate{W}",
-         "expr": f"sum by (model, version, emotion) (rate(emoflow_predictions_total[{W}]))"},
-        {"record": total,
-         "expr": f"sum by (model, version) (rate(emoflow_predictions_total[{W}]))"},
-        {"record": share,
-         "expr": (f"emoflow:emotion_predictions:rate{W}\n"
-                  f"  / on (model, version) group_left ()\n"
-                  f"(emoflow:predictions:rate{W} > 0)")},
-        {"record": "emoflow:reference_share:max",
-         "expr": "max by (model, version, emotion) (emoflow_reference_share)"},
-        {"record": f"emoflow:emotion_share_delta:ratio{W}",
-         "expr": f"{share}\n  - on (model, version, emotion)\nemoflow:reference_share:max"},
-        {"record": psi,
-         "expr": (f"sum by (model, version) (\n"
-                  f"  (clamp_min({share}, {eps}) - on (model, version, emotion) clamp_min(emoflow:reference_share:max, {eps}))\n"
-                  f"  * on (model, version, emotion)\n"
-                  f"  ln(clamp_min({share}, {eps}) / on (model, version, emotion) clamp_min(emoflow:reference_share:max, {eps}))\n"
-                  f")")},
-    ]
     ew = p["error_window"]
     lw = p["latency_window"]
+    responses = f"emoflow:http_responses:rate{ew}"
+    requests = f"emoflow:http_requests:rate{ew}"
+
+    def error_ratio(code_class: str) -> str:
+        return (f"(sum without (code_class) ({responses}{{code_class=\"{code_class}\"}}) or {requests} * 0)\n"
+                f"  /\n({requests} > 0)")
+
     service = [
-        {"record": f"emoflow:request_errors:rate{ew}",
-         "expr": f"sum by (model) (rate(emoflow_request_errors_total[{ew}]))"},
-        {"record": f"emoflow:request_error_ratio:rate{ew}",
-         "expr": (f"emoflow:request_errors:rate{ew}\n"
-                  f"  /\n"
-                  f"(emoflow:request_errors:rate{ew} + (sum by (model) (rate(emoflow_predictions_total[{ew}])) or emoflow:request_errors:rate{ew} * 0))")},
+        {"record": responses,
+         "expr": (f"sum without ({TARGET_LABELS}, route) "
+                  f"(rate(emoflow_http_responses_total{{route!~\"{p['probe_routes']}\"}}[{ew}]))")},
+        {"record": requests, "expr": f"sum without (code_class) ({responses})"},
+        {"record": f"emoflow:http_server_error_ratio:rate{ew}", "expr": error_ratio("5xx")},
+        {"record": f"emoflow:http_client_error_ratio:rate{ew}", "expr": error_ratio("4xx")},
         {"record": f"emoflow:request_predict_seconds:p50_rate{lw}",
          "expr": f"histogram_quantile(0.5, sum by (model_name, le) (rate(request_predict_seconds_bucket{ksel}[{lw}])))"},
         {"record": f"emoflow:request_predict_seconds:p99_rate{lw}",
          "expr": f"histogram_quantile(0.99, sum by (model_name, le) (rate(request_predict_seconds_bucket{ksel}[{lw}])))"},
     ]
+    enough_requests = f"{requests} * {_seconds(ew)} >= {p['error_min_requests']}"
+    significant = f"{names['g_zscore']} > {p['zscore_threshold']}"
+    job = p["predictor_job"]
+
+    def ratio_alert(kind: str, code_class: str, severity: str) -> dict:
+        thr, for_ = p[f"{kind}_error_ratio_threshold"], p[f"{kind}_error_for"]
+        return {
+            "alert": f"Predictor{kind.capitalize()}ErrorRatioHigh",
+            "expr": f"emoflow:http_{kind}_error_ratio:rate{ew} > {thr}\nand\n{enough_requests}",
+            "for": for_,
+            "labels": {"severity": severity, "team": "emoflow"},
+            "annotations": {
+                "summary": f"Predictor {{{{ $labels.job }}}} answers too many {code_class}",
+                "description": (f"{code_class} responses / all responses (emoflow_http_responses_total, probe and "
+                                f"scrape routes left out) over {ew} is above {thr} for {for_}."),
+            }}
+
     alerts = [
         {"alert": "EmotionDistributionDrift",
-         "expr": f"{psi} > {p['psi_threshold']}\nand on (model, version)\n{enough}",
+         "expr": f"{significant}\nand on (model, version)\n{names['psi']} > {p['psi_threshold']}",
          "for": p["drift_for"],
          "labels": {"severity": "warning", "team": "emoflow"},
          "annotations": {
              "summary": "Predicted-emotion distribution of {{ $labels.model }} {{ $labels.version }} drifted from its reference",
-             "description": (f"PSI of the last {W} of predictions against the reference shares has been above "
-                             f"{p['psi_threshold']} for {p['drift_for']}. The retrain webhook starts a training run."),
+             "description": (f"Over the last {W}, the G test of the predicted-emotion counts against the reference "
+                             f"shares scores above {p['zscore_threshold']} (p < ~1e-6) with a PSI above "
+                             f"{p['psi_threshold']}, for {p['drift_for']}. The retrain webhook starts a training run."),
          }},
         {"alert": "EmotionShareShift",
-         "expr": (f"abs(emoflow:emotion_share_delta:ratio{W}) > {p['share_threshold']}\n"
-                  f"and on (model, version)\n{enough}"),
+         "expr": (f"abs({names['share_delta']}) > {p['share_threshold']}\n"
+                  f"and on (model, version)\n{significant}"),
          "for": p["share_for"],
          "labels": {"severity": "warning", "team": "emoflow"},
          "annotations": {
              "summary": "Share of {{ $labels.emotion }} predicted by {{ $labels.model }} {{ $labels.version }} moved away from its reference",
              "description": (f"The share of one emotion over the last {W} differs from the reference share by more "
-                             f"than {p['share_threshold']} (absolute) for {p['share_for']}."),
+                             f"than {p['share_threshold']} (absolute) and the G test is significant, for {p['share_for']}."),
+         }},
+        {"alert": "PredictorMetricsAbsent",
+         "expr": (f"label_replace(absent(up{{job=~\"{job}\"}} == 1), \"reason\", \"no_target_up\", \"\", \"\")\n"
+                  f"or\nlabel_replace(absent(emoflow_reference_share{{job=~\"{job}\"}}), "
+                  f"\"reason\", \"no_reference_share\", \"\", \"\")"),
+         "for": p["absent_for"],
+         "labels": {"severity": "critical", "team": "emoflow"},
+         "annotations": {
+             "summary": "No drift metrics from the emoflow predictor ({{ $labels.reason }})",
+             "description": (f"For {p['absent_for']}, Prometheus has no target of job ~ {job} that is up, or no "
+                             "emoflow_reference_share series from it; the drift alerts cannot fire. Check the "
+                             "PodMonitor (port, labels), the predictor pods and the model's reference distribution."),
          }},
         {"alert": "PredictorNoTraffic",
          "expr": f"sum by (model) (rate(emoflow_predictions_total[{p['no_traffic_window']}])) == 0",
@@ -165,15 +220,8 @@ def rule_groups(**overrides) -> list[dict]:
              "description": (f"No prediction in the last {p['no_traffic_window']}, for {p['no_traffic_for']}, "
                              "although the predictor is scraped."),
          }},
-        {"alert": "PredictorErrorRatioHigh",
-         "expr": f"emoflow:request_error_ratio:rate{ew} > {p['error_ratio_threshold']}",
-         "for": p["error_for"],
-         "labels": {"severity": "critical", "team": "emoflow"},
-         "annotations": {
-             "summary": "Predictor {{ $labels.model }} rejects or fails too many requests",
-             "description": (f"errors / (errors + predictions) over {ew} is above {p['error_ratio_threshold']} "
-                             f"for {p['error_for']}; see emoflow_request_errors_total by reason."),
-         }},
+        ratio_alert("server", "5xx", "critical"),
+        ratio_alert("client", "4xx", "warning"),
         {"alert": "PredictorLatencyP99High",
          "expr": f"emoflow:request_predict_seconds:p99_rate{lw} > {p['latency_p99_threshold_s']}",
          "for": p["latency_for"],
@@ -184,11 +232,12 @@ def rule_groups(**overrides) -> list[dict]:
                              f"{p['latency_p99_threshold_s']} s for {p['latency_for']}."),
          }},
     ]
+    # each alert sits in the group of the recording rules it reads, after them: rules of one group run
+    # in order at each evaluation, so the alert sees this evaluation's values, not the last one's
     iv = p["interval"]
     return [
-        {"name": "emoflow.drift.recording", "interval": iv, "rules": recording},
-        {"name": "emoflow.service.recording", "interval": iv, "rules": service},
-        {"name": "emoflow.alerts", "interval": iv, "rules": alerts},
+        {"name": "emoflow.drift", "interval": iv, "rules": drift_recording_rules(W) + alerts[:2]},
+        {"name": "emoflow.service", "interval": iv, "rules": service + alerts[2:]},
     ]
 
 
