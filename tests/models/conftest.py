@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from emoflow.models import discover
+
 LABELS = ["ang", "hap", "neu", "sad"]
 TEXTS = ["hello there", "I am so angry right now, leave me alone!", "ok", "what a lovely day it is"]
-ARCHS = ["a1", "a2", "a3", "a4"]
+ARCHS = sorted(discover())  # every discovered architecture folder
 
 
 def _uses(model, key):

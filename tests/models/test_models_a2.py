@@ -16,7 +16,7 @@ def _logp(rng, y, n_classes, informative):
 
 
 def test_fit_fusion_weight_uses_only_the_heldout_data():
-    from emoflow.models.a2 import fit_fusion_weight
+    from emoflow.models.archs.a2.model import fit_fusion_weight
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 200)
@@ -40,7 +40,7 @@ def test_fit_fusion_weight_uses_only_the_heldout_data():
 
 
 def test_fit_fusion_weight_bad_input():
-    from emoflow.models.a2 import fit_fusion_weight
+    from emoflow.models.archs.a2.model import fit_fusion_weight
 
     with pytest.raises(ValueError, match="shapes"):
         fit_fusion_weight(np.zeros((4, 3)), np.zeros((4, 2)), np.zeros(4))
@@ -123,7 +123,7 @@ def test_compute_loss_trains_branches_separately(tiny, mh):
 
 
 def test_speaker_checkpoint_mapping(tmp_path, mh):
-    from emoflow.models.a2 import SpeakerResNet, load_speaker_checkpoint
+    from emoflow.models.archs.a2.model import SpeakerResNet, load_speaker_checkpoint
 
     model = mh.build_tiny("a2")
     sp = model.preset["model"]["speech"]

@@ -7,7 +7,7 @@ import torch
 
 
 def test_masking_schedule():
-    from emoflow.models.a4 import masking_probability
+    from emoflow.models.archs.a4.model import masking_probability
 
     assert masking_probability(0.0) == pytest.approx(0.8)
     assert masking_probability(0.35) == pytest.approx(0.4)

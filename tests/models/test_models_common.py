@@ -7,7 +7,9 @@ import json
 import pytest
 import torch
 
-ARCHS = ["a1", "a2", "a3", "a4"]
+from emoflow.models import discover
+
+ARCHS = sorted(discover())  # every discovered architecture folder
 
 
 def test_presets_listed_and_loadable():

@@ -158,20 +158,19 @@ def test_fit_weights_come_from_the_training_part_only():
 
 
 def test_class_weights_need_a_model_that_takes_them():
-    class NoWeights(torch.nn.Module):
-        inputs = {"text"}
+    # the contract is declared on EmotionModel: an override without class_weight is refused when
+    # the class is defined, and fit trains EmotionModels only
+    from emoflow.models import EmotionModel
 
-        def __init__(self):
-            super().__init__()
-            self.lin = torch.nn.Linear(1, 2)
-
-        def compute_loss(self, out, labels):
-            return out["logits"].sum()
+    with pytest.raises(TypeError, match="compute_loss must take class_weight"):
+        class NoWeights(EmotionModel):  # noqa: F841
+            def compute_loss(self, out, labels):
+                return out["logits"].sum()
 
     cfg = TrainConfig(epochs=1, class_weights="inverse_frequency")
     data = UtteranceDataset(dialogue_items(n_dialogues=2))
-    with pytest.raises(ValueError, match="compute_loss takes no class_weight"):
-        fit(NoWeights(), data, None, cfg, progress=False)
+    with pytest.raises(TypeError, match="fit trains an EmotionModel"):
+        fit(torch.nn.Linear(1, 2), data, None, cfg, progress=False)
 
 
 def test_weighted_f1_matches_sklearn():

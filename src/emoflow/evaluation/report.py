@@ -18,38 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from emoflow.evaluation.metrics import GLOSSARY, SCALAR_METRICS
-
-# Figures as the papers report them, in percent, on their own corpus and protocol.
-PAPER_FIGURES: dict[str, dict] = {
-    "a1": {
-        "paper": "Makhmudov et al. 2024 (seed paper)",
-        "corpus": "MELD / CMU-MOSEI",
-        "protocol": "official splits",
-        "figures": {},
-        "note": "n/a in issue",
-    },
-    "a2": {
-        "paper": "Padi et al. 2022",
-        "corpus": "IEMOCAP",
-        "protocol": "leave-one-session-out",
-        "figures": {"ua": 76.07, "wa": 75.76},
-        "note": "",
-    },
-    "a3": {
-        "paper": "Ekong et al. 2023",
-        "corpus": "IEMOCAP",
-        "protocol": "as in the paper",
-        "figures": {"wa": 77.58},
-        "note": "reported as accuracy (= WA)",
-    },
-    "a4": {
-        "paper": "MSMSER, Wang et al. 2023",
-        "corpus": "IEMOCAP",
-        "protocol": "as in the paper",
-        "figures": {"ua": 76.4, "wa": 75.2},
-        "note": "",
-    },
-}
+# figures as the papers report them: each architecture folder's paper.yaml (live over discovery)
+from emoflow.models.registry import PAPER_FIGURES
 
 PROTOCOLS = {
     "strict": "strict — no statistics of test speakers are used anywhere (features, "
@@ -372,7 +342,7 @@ def write_report(
                             for n, e in sections[p].items()}}
             for p in order
         },
-        "paper_figures": PAPER_FIGURES,
+        "paper_figures": dict(PAPER_FIGURES),
         "glossary": GLOSSARY,
     }
     json_path.write_text(json.dumps(payload, indent=1, sort_keys=False), encoding="utf-8")

@@ -9,6 +9,7 @@ input_ids [B,L] + attention_mask [B,L]; dialogue [B] long; labels [B] long.
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any
 
 import torch
@@ -21,11 +22,29 @@ MODES = ("both", "audio", "text")
 
 
 class EmotionModel(nn.Module):
-    """Base class: holds the preset, labels, tokenizer; checks modes and batches."""
+    """Base class: holds the preset, labels, tokenizer; checks modes and batches.
+
+    The hooks the trainer, saving and reporting call are declared here with defaults, so every
+    architecture answers them (override what yours needs):
+
+    - ``set_progress(p)``: fraction of training done, each step (schedules inside the model);
+    - ``compute_loss(out, labels, class_weight=None)``: the training loss (an override must keep
+      the ``class_weight`` parameter: checked when the subclass is defined);
+    - ``param_groups()``: optimizer parameter groups;
+    - ``encoders()``: pretrained encoders by preset key (their configs are saved with the model);
+    - ``speech_frontend()``: the speech branch counted apart in ``emoflow models presets``, or None.
+    """
 
     arch: str = ""
     inputs: set[str] = set()
     modes: tuple[str, ...] = MODES
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        loss = cls.__dict__.get("compute_loss")
+        if loss is not None and "class_weight" not in inspect.signature(loss).parameters:
+            raise TypeError(f"{cls.__name__}.compute_loss must take class_weight=None like "
+                            "EmotionModel.compute_loss (the trainer passes train.class_weights)")
 
     def __init__(self, preset: dict, labels: list[str]):
         super().__init__()
@@ -70,15 +89,24 @@ class EmotionModel(nn.Module):
         """Trainer calls this each step with the fraction of training done (0..1)."""
         self.progress = float(progress)
 
-    def compute_loss(self, out: dict, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy on "logits" plus aux_weight x CE on per-modality logits when present."""
-        loss = F.cross_entropy(out["logits"], labels)
+    def compute_loss(self, out: dict, labels: torch.Tensor, class_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy (class-weighted when given) on "logits" plus aux_weight x the same on the
+        per-modality logits when present."""
+        loss = cross_entropy(out["logits"], labels, class_weight)
         w = float(self.preset.get("model", {}).get("aux_weight", 0.0))
         if w > 0:
             for key in ("audio_logits", "text_logits"):
                 if key in out:
-                    loss = loss + w * F.cross_entropy(out[key], labels)
+                    loss = loss + w * cross_entropy(out[key], labels, class_weight)
         return loss
+
+    def encoders(self) -> dict[str, nn.Module]:
+        """Pretrained encoders by preset key ("text_encoder", "speech_encoder"); none by default."""
+        return {}
+
+    def speech_frontend(self) -> nn.Module | None:
+        """The speech branch whose size `emoflow models presets` shows apart; None by default."""
+        return None
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimizer parameter groups: dicts with name, params, optimizer, lr (+ options).
@@ -140,6 +168,13 @@ def build_optimizers(model: EmotionModel) -> list[torch.optim.Optimizer]:
         else:
             raise ValueError(f"unknown optimizer {kind!r} (adam, adamw, sgd)")
     return opts
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, class_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy in float32 (also under autocast), class-weighted when a weight is given."""
+    if class_weight is not None:
+        class_weight = class_weight.to(logits.device, torch.float32)
+    return F.cross_entropy(logits.float(), labels, weight=class_weight)
 
 
 # ---------------------------------------------------------------------- mask helpers

@@ -1,9 +1,26 @@
-"""Architecture registry, presets, saving and loading.
+"""Architectures found by discovery; presets, paper facts, saving and loading.
 
-    @register("a1") class A1(EmotionModel): ...
+An architecture is ONE folder named after it (``[a-z][a-z0-9_]*``)::
+
+    <name>/model.py        the EmotionModel subclass, decorated ``@register("<name>")``
+    <name>/presets/*.yaml  its presets (each with ``arch: <name>``)
+    <name>/paper.yaml      its paper's facts: paper, corpus, protocol, figures, note, reference
+
+Folders are discovered, in this order (a name found twice is an error):
+
+1. the built-in package ``emoflow.models.archs`` (a1..a4);
+2. entry points of group ``emoflow.architectures``: ``<name> = <importable package>`` whose folder
+   has the layout above (an installed plugin);
+3. the folders listed in ``$EMOFLOW_ARCH_PATH`` (``os.pathsep``-separated), each holding
+   architecture folders (a user's own, not installed).
+
+Discovery only lists folders and reads YAML; ``model.py`` is imported on first use
+(``get_arch`` / ``build_model``).
+
     build_model(arch, preset, labels) -> EmotionModel
-    load_preset(arch, name) -> dict        (src/emoflow/models/presets/<arch>/<name>.yaml)
+    load_preset(arch, name) -> dict        (<arch folder>/presets/<name>.yaml)
     list_presets() -> list[(arch, name)]
+    paper_facts(arch) -> dict              (<arch folder>/paper.yaml)
     save_model(model, dir) -> dir with model.safetensors, preset.json, labels.json, tokenizer/
     load_model(dir) -> EmotionModel        (offline: encoders rebuilt from the saved configs;
                                             a SeedEnsemble when the preset has train.ensemble > 1)
@@ -14,8 +31,16 @@ from __future__ import annotations
 
 import copy
 import importlib
+import importlib.util
 import json
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -23,11 +48,78 @@ from torch import nn
 from emoflow.config import load_yaml
 from emoflow.models.ensemble import SeedEnsemble, ensemble_size
 
-PRESET_DIR = Path(__file__).parent / "presets"
+ARCHS_DIR = Path(__file__).parent / "archs"
+ARCHS_PACKAGE = "emoflow.models.archs"
+ENTRY_POINT_GROUP = "emoflow.architectures"
+ARCH_PATH_ENV = "EMOFLOW_ARCH_PATH"
+ARCH_NAME = re.compile(r"[a-z][a-z0-9_]*")
+PAPER_KEYS = ("paper", "corpus", "protocol", "figures", "note")
 _REGISTRY: dict[str, type] = {}
-# built-in architectures, imported on first use
-_BUILTIN = {"a1": "emoflow.models.a1", "a2": "emoflow.models.a2", "a3": "emoflow.models.a3", "a4": "emoflow.models.a4"}
 ENCODER_KEYS = ("text_encoder", "speech_encoder")
+
+
+@dataclass(frozen=True)
+class ArchFolder:
+    """Where one architecture lives: its folder, and the import name of its model.py (None: loaded
+    from the file under a private module name)."""
+
+    name: str
+    folder: Path
+    module: str | None
+    origin: str
+
+    @property
+    def presets_dir(self) -> Path:
+        return self.folder / "presets"
+
+
+def _arch_folders_in(root: Path, origin: str, package: str | None) -> Iterator[ArchFolder]:
+    for child in sorted(root.iterdir()) if root.is_dir() else ():
+        if child.is_dir() and (child / "model.py").is_file():
+            module = f"{package}.{child.name}.model" if package else None
+            yield ArchFolder(child.name, child, module, origin)
+
+
+def _entry_point_folders() -> Iterator[ArchFolder]:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        spec = importlib.util.find_spec(ep.value)
+        if spec is None or not spec.submodule_search_locations:
+            raise ValueError(f"entry point {ENTRY_POINT_GROUP}:{ep.name} = {ep.value!r} is not an importable package")
+        yield ArchFolder(ep.name, Path(list(spec.submodule_search_locations)[0]), f"{ep.value}.model",
+                         f"entry point {ep.name} = {ep.value}")
+
+
+_DISCOVERED: dict[str, dict[str, ArchFolder]] = {}
+
+
+def discover(refresh: bool = False) -> dict[str, ArchFolder]:
+    """Every architecture folder: built-in, entry points, then ``$EMOFLOW_ARCH_PATH`` (cached per
+    value of the variable; ``refresh`` re-reads entry points)."""
+    extra = os.environ.get(ARCH_PATH_ENV, "")
+    if refresh or extra not in _DISCOVERED:
+        found: dict[str, ArchFolder] = {}
+        sources = [_arch_folders_in(ARCHS_DIR, "built-in", ARCHS_PACKAGE), _entry_point_folders()]
+        sources += [_arch_folders_in(Path(root), f"${ARCH_PATH_ENV} folder {root}", None)
+                    for root in extra.split(os.pathsep) if root]
+        for source in sources:
+            for arch in source:
+                if not ARCH_NAME.fullmatch(arch.name):
+                    raise ValueError(f"architecture folder {arch.folder} ({arch.origin}): name must match "
+                                     f"{ARCH_NAME.pattern}")
+                if arch.name in found and found[arch.name].folder.resolve() != arch.folder.resolve():
+                    raise ValueError(f"architecture {arch.name!r} found twice: {found[arch.name].folder} "
+                                     f"({found[arch.name].origin}) and {arch.folder} ({arch.origin})")
+                found.setdefault(arch.name, arch)
+        _DISCOVERED[extra] = found
+    return _DISCOVERED[extra]
+
+
+def arch_folder(arch: str) -> ArchFolder:
+    """The discovered folder of an architecture (KeyError naming the known ones)."""
+    found = discover()
+    if arch not in found:
+        raise KeyError(f"unknown architecture {arch!r}; known: {list_archs()}")
+    return found[arch]
 
 
 def register(name: str):
@@ -43,17 +135,37 @@ def register(name: str):
     return deco
 
 
+def _import_model(arch: ArchFolder) -> None:
+    if arch.module is not None:
+        importlib.import_module(arch.module)
+        return
+    module_name = f"emoflow_arch_{arch.name}"
+    if module_name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(module_name, arch.folder / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+
+
 def get_arch(arch: str) -> type:
-    """The registered class for an architecture name (imports built-ins on demand)."""
-    if arch not in _REGISTRY and arch in _BUILTIN:
-        importlib.import_module(_BUILTIN[arch])
+    """The registered class for an architecture name (its model.py imported on first use)."""
     if arch not in _REGISTRY:
-        raise KeyError(f"unknown architecture {arch!r}; known: {sorted(set(_REGISTRY) | set(_BUILTIN))}")
+        folder = arch_folder(arch)
+        _import_model(folder)
+        if arch not in _REGISTRY:
+            raise KeyError(f"{folder.folder / 'model.py'} registers no architecture {arch!r} "
+                           f"(decorate its EmotionModel subclass with @register({arch!r}))")
     return _REGISTRY[arch]
 
 
 def list_archs() -> list[str]:
-    return sorted(set(_REGISTRY) | set(_BUILTIN))
+    """Every architecture: discovered folders and classes registered in code."""
+    return sorted(set(_REGISTRY) | set(discover()))
 
 
 def build_model(arch: str, preset: dict, labels: list[str]):
@@ -67,8 +179,11 @@ def build_model(arch: str, preset: dict, labels: list[str]):
 
 
 def load_preset(arch: str, name: str) -> dict:
-    """Read presets/<arch>/<name>.yaml (a path to a YAML file also works as name)."""
-    path = Path(name) if str(name).endswith((".yaml", ".yml")) else PRESET_DIR / arch / f"{name}.yaml"
+    """Read <arch folder>/presets/<name>.yaml (a path to a YAML file also works as name)."""
+    if str(name).endswith((".yaml", ".yml")):
+        path = Path(name)
+    else:
+        path = arch_folder(arch).presets_dir / f"{name}.yaml"
     if not path.exists():
         known = [n for a, n in list_presets() if a == arch]
         raise FileNotFoundError(f"no preset {name!r} for arch {arch!r} ({path}); known: {known}")
@@ -79,8 +194,52 @@ def load_preset(arch: str, name: str) -> dict:
 
 
 def list_presets() -> list[tuple[str, str]]:
-    """All (arch, preset name) pairs shipped in presets/."""
-    return sorted((p.parent.name, p.stem) for p in PRESET_DIR.glob("*/*.yaml"))
+    """All (arch, preset name) pairs of the discovered architecture folders."""
+    return sorted((a.name, p.stem) for a in discover().values() for p in a.presets_dir.glob("*.yaml"))
+
+
+# ------------------------------------------------------------------ paper facts
+def paper_facts(arch: str) -> dict[str, Any]:
+    """<arch folder>/paper.yaml: paper, corpus, protocol, figures {metric: percent}, note, and
+    reference (shown beside the paper preset's parameter counts). Empty when the folder has none."""
+    path = arch_folder(arch).folder / "paper.yaml"
+    if not path.exists():
+        return {}
+    facts = load_yaml(path) or {}
+    if not isinstance(facts, dict) or not isinstance(facts.get("figures", {}), dict):
+        raise ValueError(f"{path} must be a mapping with figures: {{metric: value}}")
+    return facts
+
+
+class FactsView(Mapping):
+    """A live read-only mapping {arch: view(paper facts)} over the discovered architectures that
+    have a paper.yaml (so a newly discovered architecture shows up without code changes)."""
+
+    def __init__(self, view: Callable[[dict], Any]):
+        self._view = view
+
+    def _archs(self) -> list[str]:
+        return [a for a, f in discover().items() if (f.folder / "paper.yaml").exists()]
+
+    def __getitem__(self, arch: str):
+        if arch not in self._archs():
+            raise KeyError(arch)
+        return self._view(paper_facts(arch))
+
+    def __iter__(self):
+        return iter(self._archs())
+
+    def __len__(self) -> int:
+        return len(self._archs())
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+# figures as the papers report them (percent, on their own corpus and protocol)
+PAPER_FIGURES = FactsView(lambda f: {k: copy.deepcopy(f.get(k, {} if k == "figures" else "")) for k in PAPER_KEYS})
+# published figures next to which the paper presets' counts are shown
+REFERENCES = FactsView(lambda f: f.get("reference", ""))
 
 
 def param_count(model: nn.Module, trainable_only: bool = False) -> int:
@@ -108,7 +267,7 @@ def save_model(model, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     preset = copy.deepcopy(model.preset)
     # record each encoder's full config so load_model rebuilds it offline with no download
-    for key, enc in getattr(model, "encoders", lambda: {})().items():
+    for key, enc in model.encoders().items():
         spec = preset["model"][key]
         spec["config_dict"] = enc.config.to_dict()
     st_save(model, str(out / "model.safetensors"))
@@ -157,15 +316,6 @@ def offline_preset(preset: dict) -> dict:
     return p
 
 
-# published figures next to which the paper presets' counts are shown
-REFERENCES = {
-    "a1": "Makhmudov et al. 2024 (MELD / CMU-MOSEI); BERT-base 110 M",
-    "a2": "Padi et al. 2022 (IEMOCAP LOSO UA 76.07 / WA 75.76); BERT-base 110 M, ResNet34 ~21.5 M (64-ch)",
-    "a3": "Ekong et al. 2023 (IEMOCAP acc 77.58); wav2vec2-base 95 M + BERT-base 110 M",
-    "a4": "MSMSER, Wang et al. 2023 (IEMOCAP UA 76.4 / WA 75.2); HuBERT-large 316 M + MPNet 110 M",
-}
-
-
 def count_preset(arch: str, name: str) -> dict:
     """Parameter counts of a preset, built on the meta device (no weights, no download)."""
     preset = offline_preset(load_preset(arch, name))
@@ -180,7 +330,7 @@ def count_preset(arch: str, name: str) -> dict:
         "trainable": param_count(model, trainable_only=True),
         "encoders": parts,
         "rest": total - sum(parts.values()),  # everything outside the pretrained encoders
-        "speech_frontend": param_count(model.speech_frontend()) if hasattr(model, "speech_frontend") else None,
+        "speech_frontend": None if (front := model.speech_frontend()) is None else param_count(front),
         "reference": REFERENCES.get(arch, "") if name == "paper" else PRESET_ROLES.get(name, ""),
         "note": "4 classes assumed for the output layer",
     }

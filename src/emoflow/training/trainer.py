@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import inspect
 import io
 import logging
 import math
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from emoflow.models.base import EmotionModel, build_optimizers
 from emoflow.training.data import DialogueBatchSampler, UtteranceDataset, make_batch_sampler, make_collate
 
 log = logging.getLogger("emoflow.training")
@@ -127,22 +127,10 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-def make_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
-    """The model's own parameter groups (one optimizer per type, e.g. SGD speech + Adam text),
-    or one optimizer over every trainable parameter from the preset's train section."""
-    if hasattr(model, "param_groups"):
-        from emoflow.models.base import build_optimizers
-
-        return build_optimizers(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    name = cfg.optimizer.lower()
-    if name == "adam":
-        return [torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)]
-    if name == "adamw":
-        return [torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)]
-    if name == "sgd":
-        return [torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)]
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (adam, adamw, sgd)")
+def make_optimizers(model: EmotionModel, cfg: TrainConfig | None = None) -> list[torch.optim.Optimizer]:
+    """The model's parameter groups (``EmotionModel.param_groups``), one optimizer per type
+    (e.g. SGD speech + Adam text)."""
+    return build_optimizers(model)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
@@ -260,7 +248,7 @@ class FitResult:
 
 
 def fit(
-    model: torch.nn.Module,
+    model: EmotionModel,
     train: UtteranceDataset,
     val: UtteranceDataset | None,
     cfg: TrainConfig,
@@ -274,6 +262,9 @@ def fit(
     """Train `model` in place; with a validation set, keep the best epoch by validation UA (or the
     preset's ``select_on`` metric)."""
     from tqdm import tqdm
+
+    if not isinstance(model, EmotionModel):
+        raise TypeError(f"{name}: fit trains an EmotionModel (emoflow.models.base), got {type(model).__name__}")
 
     device = device or pick_device()
     model.to(device)
@@ -306,22 +297,17 @@ def fit(
         log.info("%s: resumed from checkpoint after epoch %d", name, state["epoch"] + 1)
         if state.get("done"):
             start_epoch = cfg.epochs
-    tokenize = getattr(model, "tokenize", None) if "text" in model.inputs else None
+    tokenize = model.tokenize if "text" in model.inputs else None
     sampler = make_batch_sampler(train.items, cfg.batch_size, batch_by=cfg.batch_by, shuffle=True, seed=cfg.seed)
     steps_per_epoch = len(sampler)
     total_steps = max(1, cfg.epochs * steps_per_epoch)
     use_bf16 = device.type == "cuda"
     if cfg.select_on not in SELECT_ON:
         raise ValueError(f"unknown select_on {cfg.select_on!r} ({', '.join(SELECT_ON)})")
-    n_classes = getattr(model, "num_classes", None) or 1 + max(it.label for it in train.items)
-    weight = class_weights([it.label for it in train.items], n_classes, cfg.class_weights)
+    weight = class_weights([it.label for it in train.items], model.num_classes, cfg.class_weights)
     if weight is not None:
         weight = weight.to(device)
         log.info("%s: class weights %s", name, [round(float(w), 3) for w in weight])
-        if hasattr(model, "compute_loss") and "class_weight" not in inspect.signature(model.compute_loss).parameters:
-            raise ValueError(f"{name}: train.class_weights is set but {type(model).__name__}.compute_loss "
-                             "takes no class_weight")
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
     started = time.time()
     stopped_early = bool(state and state.get("done") and state.get("stopped_early"))
     for epoch in range(start_epoch, cfg.epochs):
@@ -333,18 +319,13 @@ def fit(
         total, count = 0.0, 0
         bar = tqdm(loader, desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for step, batch in enumerate(bar):
-            if hasattr(model, "set_progress"):
-                model.set_progress((epoch * steps_per_epoch + step) / total_steps)
+            model.set_progress((epoch * steps_per_epoch + step) / total_steps)
             if spec is not None and "logmel" in batch:
                 batch = spec.augment_batch(batch)
             batch = _to_device(batch, device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 out = model(batch, mode="both")
-            if hasattr(model, "compute_loss"):
-                extra = {"class_weight": weight} if weight is not None else {}
-                loss = model.compute_loss(out, batch["labels"], **extra)
-            else:
-                loss = loss_fn(out["logits"].float(), batch["labels"])
+            loss = model.compute_loss(out, batch["labels"], class_weight=weight)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{name}: loss is {loss.item()} at epoch {epoch + 1} step {step}")
             for opt in optimizers:

@@ -214,19 +214,6 @@ class A1(EmotionModel):
     def speech_frontend(self) -> nn.Module:
         return self.speech if self.speech is not None else nn.Module()  # text-only: no parameters
 
-    def compute_loss(self, out: dict, labels: torch.Tensor, class_weight: torch.Tensor | None = None) -> torch.Tensor:
-        """Cross-entropy (class-weighted when given) on "logits" + aux_weight x the same on the
-        per-modality logits."""
-        if class_weight is not None:
-            class_weight = class_weight.to(out["logits"].device, torch.float32)
-        loss = F.cross_entropy(out["logits"].float(), labels, weight=class_weight)
-        w = float(self.preset.get("model", {}).get("aux_weight", 0.0))
-        if w > 0:
-            for key in ("audio_logits", "text_logits"):
-                if key in out:
-                    loss = loss + w * F.cross_entropy(out[key].float(), labels, weight=class_weight)
-        return loss
-
     def _encode_text(self, batch: dict) -> torch.Tensor:
         """Pooled text encoder states [B, H]; memoised per token sequence with ``text.cache``."""
         if not self.cache_text:

@@ -40,6 +40,7 @@ from torch import nn
 
 from emoflow.models.base import (
     EmotionModel,
+    cross_entropy,
     MaskedBatchNorm2d,
     drop_unused_pooler,
     encode_text,
@@ -272,9 +273,9 @@ class A2(EmotionModel):
         frames, fmask = self.speech(batch["wave"], batch["wave_mask"])
         return masked_mean_std(frames, fmask)[0]
 
-    def compute_loss(self, out: dict, labels: torch.Tensor) -> torch.Tensor:
+    def compute_loss(self, out: dict, labels: torch.Tensor, class_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Each branch is trained on its own (score-level fusion is fitted afterwards)."""
-        losses = [F.cross_entropy(out[k], labels) for k in ("audio_logits", "text_logits") if k in out]
+        losses = [cross_entropy(out[k], labels, class_weight) for k in ("audio_logits", "text_logits") if k in out]
         return sum(losses)
 
     def param_groups(self):

@@ -152,12 +152,13 @@ class A3(EmotionModel):
             self._mix = (perm, lam)
         return self.speech_proj(x)
 
-    def compute_loss(self, out: dict, labels: torch.Tensor) -> torch.Tensor:
+    def compute_loss(self, out: dict, labels: torch.Tensor, class_weight: torch.Tensor | None = None) -> torch.Tensor:
         mix = out.pop("mixup", None)
         if mix is None:
-            return super().compute_loss(out, labels)
+            return super().compute_loss(out, labels, class_weight)
         perm, lam = mix
-        return lam * super().compute_loss(out, labels) + (1 - lam) * super().compute_loss(out, labels[perm])
+        return (lam * super().compute_loss(out, labels, class_weight)
+                + (1 - lam) * super().compute_loss(out, labels[perm], class_weight))
 
     def forward(self, batch: dict, mode: str = "both") -> dict:
         self.check(batch, mode)
