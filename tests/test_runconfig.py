@@ -69,7 +69,7 @@ def test_emoflow_run_refuses_a_cluster_deploy_nobody_asked_for(tmp_path):
     ("corpus: demo\nepoch: 3\n", r"bad.yaml: unknown run parameter 'epoch' \(did you mean 'epochs'\?\)"),
     ("epochs: three\n", "bad.yaml: epochs must be an integer, got str 'three'"),
     ("fan_out_folds: 1\n", "fan_out_folds must be a boolean, got int"),
-    ("architectures: [a1, a9]\n", "architectures: items must be among"),
+    ("architectures: [a1, A-9]\n", "architectures: not architecture names"),
     ("fold_scheme: kfold\n", r"fold_scheme: 'kfold' is not one of \['logo', 'speaker_groups', 'official'\]"),
     ("gpu_count: two\n", "gpu_count: must be a non-negative whole number"),
     ("image_pull_secrets: [Reg_Cred]\n", "image_pull_secrets: 'Reg_Cred' is not a Secret name"),
@@ -112,14 +112,27 @@ def test_compile_time_defaults_follow_the_image_settings(monkeypatch):
 def test_choices_agree_with_the_library():
     from emoflow.corpora import ADAPTERS
     from emoflow.evaluation.folds import SCHEMES
-    from emoflow.models.registry import _BUILTIN
+    from emoflow.models.registry import list_archs
     from emoflow.text.transcribe import BACKENDS
 
     by = runconfig.BY_NAME
     assert set(by["corpus"].choices) == set(ADAPTERS)
     assert by["fold_scheme"].choices == SCHEMES
     assert by["transcribe_backend"].choices == BACKENDS
-    assert set(by["architectures"].item_choices) == set(_BUILTIN)
+    assert by["architectures"].validate(list_archs()) == list_archs()  # every discovered one passes
+    with pytest.raises(runconfig.RunConfigError, match="architectures"):
+        by["architectures"].validate(["A1; rm"])
+    with pytest.raises(runconfig.RunConfigError, match="architectures"):
+        by["architectures"].validate([])
+
+
+def test_run_refuses_an_unknown_architecture_naming_it(capsys):
+    from emoflow.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--architectures", "a1,zz9", "--deploy", "none"])
+    assert exc.value.code == 2
+    assert "zz9" in capsys.readouterr().err
 
 
 def test_run_help_shows_every_flag_with_help_and_the_config_folder():

@@ -59,6 +59,11 @@ def _run_config(args: argparse.Namespace) -> dict:
     configs = args.config or [DEMO_CONFIG]
     layers = [(runconfig.config_path(c).name, runconfig.load(c)) for c in configs]
     cfg, sources = runconfig.layered(*layers, ("flags", runconfig.from_args(args)))
+    from emoflow.models.registry import list_archs
+
+    unknown = sorted(set(cfg["architectures"]) - set(list_archs()))
+    if unknown:
+        raise runconfig.RunConfigError(f"architectures: unknown {unknown}; known: {list_archs()}")
     if sources["store"] == "default":  # the pipeline's default is the cluster's bucket
         cfg["store"], sources["store"] = store_uri(), "local store"
     if cfg["deploy_target"] == "kserve" and sources["deploy_target"] == "default":

@@ -107,6 +107,18 @@ def _check_range(low: float, high: float | None = None) -> Callable[[Any], str |
     return check
 
 
+_ARCH_NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # the architecture-folder naming rule of emoflow.models
+
+
+def _check_arch_names(value: list) -> str | None:
+    """Architecture names are checked here for form only: which ones exist is known to
+    emoflow.models' discovery (a layer above this one), which the commands consult."""
+    if not value:
+        return "at least one architecture is needed"
+    bad = [v for v in value if not isinstance(v, str) or not _ARCH_NAME.match(v)]
+    return f"not architecture names: {bad!r}" if bad else None
+
+
 @dataclass(frozen=True)
 class Param:
     """One run parameter. ``default`` may be a zero-argument callable: a compile-time default."""
@@ -215,8 +227,8 @@ PARAMS: tuple[Param, ...] = (
     _p("assets", str, "", "URI of the offline-asset mirror (e.g. s3://bucket/assets) that tasks and the "
        "predictor fetch missing encoder files from; empty: they must be under $EMOFLOW_HOME/assets", "data"),
     # training
-    _p("architectures", list, ["a1"], "architectures to train, one branch each (a1, a2, a3, a4)", "training",
-       item_choices=("a1", "a2", "a3", "a4")),
+    _p("architectures", list, ["a1"], "architectures to train, one branch each (built in: a1, a2, a3, a4; "
+       "`emoflow models presets` lists every discovered one)", "training", check=_check_arch_names),
     _p("preset", str, "tiny", "preset name per architecture (demo, tiny, paper, offline, …; "
        "`emoflow models presets`) or a preset YAML path", "training"),
     _p("epochs", int, 0, "override the preset's epochs (0 = the preset's)", "training", check=_check_range(0)),
