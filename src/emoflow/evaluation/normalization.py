@@ -78,7 +78,7 @@ def speaker_statistics(utterances, store) -> dict:
             for name, (n, s, s2) in by_name.items():
                 mean = s / n
                 std = np.sqrt(np.maximum(s2 / n - mean ** 2, 0.0))
-                stats.setdefault(spk, {}).setdefault(h, {})[name] = (mean.astype(np.float32), std.astype(np.float32))
+                stats.setdefault(spk, {}).setdefault(h, {})[name] = (mean, std)  # float64: see apply()
     return stats
 
 
@@ -134,5 +134,8 @@ class SpeakerNormalizer:
             if mean is None:
                 raise ValueError(f"no speaker statistics for speaker {spk!r} (utterance {utt.id!r}, {name})")
             std = self.flat[f"{spk}|{cache_hash}|{name}|std"]
-            out[name] = ((a - mean) / (std + EPS)).astype(np.float32)
+            # in float64, as the predictor's SpeakerStats: with float32 statistics a small per-speaker
+            # std turns the rounding error of (a - mean) into a visible bias of the normalised values
+            out[name] = ((np.asarray(a, np.float64) - np.asarray(mean, np.float64))
+                         / (np.asarray(std, np.float64) + EPS)).astype(np.float32)
         return out
