@@ -149,8 +149,9 @@ def build_pipeline(*, cluster: bool = True, image_pull_secrets: list[str] | None
                              cache_key=fp.output, assets=p.assets))
         _storage_task(feat, cluster=cluster)
         manifest = feat.outputs["featurized"]
+        validation = dict(validation=p.validation, validation_share=p.validation_share)
         common = dict(store=p.store, preset=p.preset, epochs=p.epochs, fold_scheme=p.fold_scheme,
-                      n_folds=p.n_folds, seed=p.seed, cache_key=fp.output, assets=p.assets)
+                      n_folds=p.n_folds, seed=p.seed, cache_key=fp.output, assets=p.assets, **validation)
         gpu = dict(cluster=cluster, accelerator_type=p.accelerator_type, gpu_count=p.gpu_count,
                    node_selector=p.node_selector, tolerations=p.tolerations)
 
@@ -175,7 +176,7 @@ def build_pipeline(*, cluster: bool = True, image_pull_secrets: list[str] | None
         with dsl.Else(name="fold-fan-out"):
             with dsl.ParallelFor(p.architectures, parallelism=ARCH_PARALLELISM) as arch:
                 plan = task(plan_folds(manifest=manifest, arch=arch, fold_scheme=p.fold_scheme, n_folds=p.n_folds,
-                                       seed=p.seed))
+                                       seed=p.seed, **validation))
                 _storage_task(plan, cluster=cluster, timeout_s=1800)
                 # the items carry the architecture too: kfp.local 2.17 substitutes the inner loop's item
                 # for every loop-item input inside a nested loop, the outer `arch` included

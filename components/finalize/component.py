@@ -16,6 +16,8 @@ def finalize(
     epochs: int,
     fold_scheme: str,
     n_folds: int,
+    validation: str,
+    validation_share: float,
     seed: int,
     feature_config: dict,
     cache_key: str,
@@ -31,7 +33,8 @@ def finalize(
 
     work = model.path + ".work"
     summary = steps.finalize(manifest.path, store, arch, preset, [p.path for p in fold_predictions], work,
-                             epochs=epochs, fold_scheme=fold_scheme, n_folds=n_folds, seed=seed,
+                             epochs=epochs, fold_scheme=fold_scheme, n_folds=n_folds,
+                             validation=validation, validation_share=validation_share, seed=seed,
                              feature_config=feature_config)
     steps.publish_training(work, model.path, predictions.path)
     model.metadata.update({"arch": arch, "preset": preset, "framework": "pytorch"})

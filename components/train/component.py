@@ -13,6 +13,8 @@ def train(
     epochs: int,
     fold_scheme: str,
     n_folds: int,
+    validation: str,
+    validation_share: float,
     seed: int,
     feature_config: dict,
     cache_key: str,
@@ -30,7 +32,8 @@ def train(
 
     work = model.path + ".work"
     summary = steps.train(manifest.path, store, arch, preset, work, epochs=epochs, fold_scheme=fold_scheme,
-                          n_folds=n_folds, seed=seed, feature_config=feature_config)
+                          n_folds=n_folds, validation=validation, validation_share=validation_share, seed=seed,
+                          feature_config=feature_config)
     steps.publish_training(work, model.path, predictions.path)
     model.metadata.update({"arch": arch, "preset": preset, "framework": "pytorch"})
     return summary

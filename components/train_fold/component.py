@@ -14,6 +14,8 @@ def train_fold(
     epochs: int,
     fold_scheme: str,
     n_folds: int,
+    validation: str,
+    validation_share: float,
     seed: int,
     cache_key: str,
     assets: str,
@@ -28,6 +30,7 @@ def train_fold(
     use_mirror(assets)  # encoders from the offline-asset mirror when not under $EMOFLOW_HOME
 
     summary = steps.train_fold(manifest.path, store, arch, preset, fold, predictions.path, epochs=epochs,
-                               fold_scheme=fold_scheme, n_folds=n_folds, seed=seed)
+                               fold_scheme=fold_scheme, n_folds=n_folds,
+                               validation=validation, validation_share=validation_share, seed=seed)
     predictions.metadata.update({"arch": arch, "fold": fold, "run_key": summary["run_key"]})
     return summary

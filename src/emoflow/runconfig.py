@@ -234,6 +234,14 @@ PARAMS: tuple[Param, ...] = (
     _p("epochs", int, 0, "override the preset's epochs (0 = the preset's)", "training", check=_check_range(0)),
     _p("fold_scheme", str, "logo", "cross-validation: logo (leave one session out), speaker_groups, "
        "official (the corpus' own split)", "training", choices=("logo", "speaker_groups", "official")),
+    _p("validation", str, "one_group", "validation part of each fold, carved from its training groups only "
+       "(model selection, early stopping, A2's fusion weight): one_group (a whole training group: LOSO "
+       "trains on 3 of 5 IEMOCAP sessions), fraction (a label-stratified validation_share of the training "
+       "utterances: every non-test group trains), speaker (one training speaker), share (whole training "
+       "speakers or dialogues, about validation_share); an official dev split is used as it is", "training",
+       choices=("one_group", "fraction", "speaker", "share")),
+    _p("validation_share", float, 0.1, "share of the training utterances in validation (validation "
+       "fraction and share)", "training", check=lambda v: None if 0.0 < v < 1.0 else f"must be in (0, 1), got {v}"),
     _p("n_folds", int, 0, "folds for speaker_groups (0 = one per group)", "training", check=_check_range(0)),
     _p("seed", int, 0, "random seed of folds and training", "training"),
     _p("fan_out_folds", bool, False, "one training task per fold (parallel GPU tasks on a cluster)", "training"),

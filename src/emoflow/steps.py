@@ -135,6 +135,8 @@ def train(
     epochs: int = 0,
     fold_scheme: str = "logo",
     n_folds: int = 0,
+    validation: str = "one_group",
+    validation_share: float = 0.1,
     seed: int = 0,
     feature_config: dict | None = None,
     progress: bool = True,
@@ -144,7 +146,8 @@ def train(
 
     summary = run_training(
         read_manifest(manifest), _store(store), arch, preset, out_dir,
-        fold_scheme=fold_scheme, n_folds=n_folds or None, seed=seed, epochs=epochs or None,
+        fold_scheme=fold_scheme, n_folds=n_folds or None, validation=validation,
+        validation_share=validation_share, seed=seed, epochs=epochs or None,
         checkpoint_prefix="checkpoints", progress=progress,
     )
     return _write_training(out_dir, summary, feature_config)
@@ -169,11 +172,13 @@ def publish_training(work_dir: str, model_dir: str, predictions_path: str) -> No
     shutil.rmtree(work)
 
 
-def plan_folds(manifest: str, *, fold_scheme: str = "logo", n_folds: int = 0, seed: int = 0) -> list[str]:
+def plan_folds(manifest: str, *, fold_scheme: str = "logo", n_folds: int = 0, seed: int = 0,
+               validation: str = "one_group", validation_share: float = 0.1) -> list[str]:
     """Fold names of the cross-validation plan (what the per-fold fan-out iterates over)."""
     from emoflow.training.run import fold_plan
 
-    return [f.name for f in fold_plan(read_manifest(manifest), fold_scheme, n_folds or None, seed)]
+    return [f.name for f in fold_plan(read_manifest(manifest), fold_scheme, n_folds or None, seed,
+                                      validation=validation, validation_share=validation_share)]
 
 
 def train_fold(
@@ -187,6 +192,8 @@ def train_fold(
     epochs: int = 0,
     fold_scheme: str = "logo",
     n_folds: int = 0,
+    validation: str = "one_group",
+    validation_share: float = 0.1,
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
@@ -198,7 +205,8 @@ def train_fold(
     with tempfile.TemporaryDirectory() as work:
         summary = run_training(
             read_manifest(manifest), _store(store), arch, preset, work, fold_scheme=fold_scheme,
-            n_folds=n_folds or None, only_fold=fold, skip_final=True, seed=seed, epochs=epochs or None,
+            n_folds=n_folds or None, validation=validation, validation_share=validation_share,
+            only_fold=fold, skip_final=True, seed=seed, epochs=epochs or None,
             checkpoint_prefix="checkpoints", progress=progress,
         )
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
@@ -219,6 +227,8 @@ def finalize(
     epochs: int = 0,
     fold_scheme: str = "logo",
     n_folds: int = 0,
+    validation: str = "one_group",
+    validation_share: float = 0.1,
     seed: int = 0,
     feature_config: dict | None = None,
     progress: bool = True,
@@ -236,7 +246,7 @@ def finalize(
                          f"{sorted({str(p.get('arch')) for p in parts})}")
     summary = finalize_training(
         read_manifest(manifest), _store(store), arch, preset, out_dir, mine, fold_scheme=fold_scheme,
-        n_folds=n_folds or None, seed=seed, epochs=epochs or None, checkpoint_prefix="checkpoints",
+        n_folds=n_folds or None, validation=validation, validation_share=validation_share, seed=seed, epochs=epochs or None, checkpoint_prefix="checkpoints",
         progress=progress,
     )
     return _write_training(out_dir, summary, feature_config)
@@ -273,7 +283,8 @@ def evaluate(predictions: str, out_dir: str, *, metrics_artifact=None, classific
     result = aggregate(folds, labels)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = write_report({arch: result}, out, corpus=corpus, protocol=protocol)
+    validation = pred.get("validation")
+    paths = write_report({arch: result}, out, corpus=corpus, protocol=protocol, validation=validation)
     if metrics_artifact is not None:
         from emoflow.evaluation.kfp_outputs import log_kfp_metrics
 
@@ -286,6 +297,7 @@ def evaluate(predictions: str, out_dir: str, *, metrics_artifact=None, classific
         "labels": labels,
         "corpus": corpus,
         "protocol": protocol,
+        "validation": validation,
         "metrics": result,
         "reference_shares": reference,
         "report_files": {k: str(v) for k, v in paths.items()},
@@ -374,12 +386,16 @@ def register(
 
 
 def model_card(name: str, ev: dict, by_arch: dict, metric: str) -> str:
+    from emoflow.evaluation.folds import describe_validation
+
     m = ev["metrics"]
     lines = [
         f"# Model card: {name} ({ev['arch']}, preset {ev.get('preset')})",
         "",
         f"- Data: corpus `{ev.get('corpus') or 'unknown'}`; labels: {', '.join(ev['labels'])}.",
         f"- Protocol: {ev.get('protocol', 'strict')} cross-validation; groups never shared between train and test.",
+        *([f"- Model selection: {describe_validation(ev['validation']['mode'], ev['validation'].get('share'))}."]
+          if ev.get("validation") else []),
         f"- Selected by mean {metric.upper()} across folds among: "
         + ", ".join(f"{a} {e['metrics']['mean'][metric] * 100:.1f}" for a, e in sorted(by_arch.items())),
         "",

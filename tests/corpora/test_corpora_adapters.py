@@ -225,3 +225,79 @@ def test_missing_layout_is_a_clear_error(tmp_path, store):
             ingest(corpus, str(tmp_path / "empty"), store)
     with pytest.raises(CorpusError, match="does not exist"):
         ingest("ravdess", str(tmp_path / "nope"), store)
+
+
+# --- issue 16, defect 4: Makhmudov et al. 2024's protocols -----------------------------------
+
+# MELD 1.0's emotion counts over train + dev + test (train_sent_emo/dev_sent_emo/test_sent_emo)
+MELD_TOTALS = {"neutral": 6436, "joy": 2308, "surprise": 1636, "anger": 1607, "sadness": 1002,
+               "disgust": 361, "fear": 358}
+# the paper's Table 1 (its "Happy" is MELD's joy): train / test per emotion
+MAKHMUDOV_MELD = {"joy": (1846, 462), "anger": (1285, 322), "disgust": (288, 73), "sadness": (801, 201),
+                  "surprise": (1308, 328), "neutral": (5148, 1288)}
+
+
+def build_meld_counts(root, totals):
+    """A text-only MELD with the given emotion counts, spread over the three split files."""
+    from corpora.corpus_builders import MELD_HEADER, meld_row
+
+    rows = {s: [MELD_HEADER] for s in ("train", "dev", "test")}
+    i = 0
+    for emotion, n in totals.items():
+        for _ in range(n):
+            split = ("train", "train", "train", "dev", "test")[i % 5]
+            rows[split].append(meld_row(i, f"line {i}", f"spk{i % 7}", emotion, i // 10, i % 10))
+            i += 1
+    root.mkdir(parents=True, exist_ok=True)
+    for split, lines in rows.items():
+        (root / f"{split}_sent_emo.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+def test_meld_makhmudov2024_resplit_gives_the_papers_table1(tmp_path):
+    from emoflow.corpora.base import open_source
+
+    root = build_meld_counts(tmp_path / "meld", MELD_TOTALS)
+    adapter = get_adapter("meld")
+    scan = adapter.scan(open_source(str(root)), adapter.options({"protocol": "makhmudov2024"}))
+    assert scan.labels == tuple(sorted(MAKHMUDOV_MELD))  # 6 classes, no fear
+    assert len(scan.excluded) == 358 and {e["label"] for e in scan.excluded} == {"fear"}
+    counts = scan.notes["resplit_counts"]
+    assert counts == {"test": {e: t for e, (_, t) in sorted(MAKHMUDOV_MELD.items())},
+                      "train": {e: n for e, (n, _) in sorted(MAKHMUDOV_MELD.items())}}
+    splits = [u.split for u in scan.items]
+    assert splits.count("train") == 10676 and splits.count("test") == 2674  # the paper's Sec. 4.2
+    assert {u.extra["official_split"] for u in scan.items} == {"train", "dev", "test"}
+    # the official protocol (the default) keeps the 7 emotions and the official splits
+    official = adapter.scan(open_source(str(root)), adapter.options({}))
+    assert len(official.items) == sum(MELD_TOTALS.values()) and not official.excluded
+    assert {u.split for u in official.items} == {"train", "dev", "test"}
+
+
+def test_meld_makhmudov2024_is_seeded_and_checked(tmp_path, store):
+    root = build_meld_counts(tmp_path / "meld", {"joy": 10, "anger": 5, "fear": 2})
+    a = ingest("meld", str(root), store, options={"protocol": "makhmudov2024"})
+    b = ingest("meld", str(root), store, options={"protocol": "makhmudov2024"})
+    c = ingest("meld", str(root), store, options={"protocol": "makhmudov2024", "resplit_seed": 1})
+    split = lambda r: {u.id: u.split for u in r.utterances}  # noqa: E731
+    assert split(a) == split(b) != split(c)
+    assert sorted(split(a).values()).count("train") == 8 + 4
+    with pytest.raises(CorpusError, match="protocol must be one of"):
+        ingest("meld", str(root), store, options={"protocol": "paper"})
+    with pytest.raises(CorpusError, match="label_map"):
+        ingest("meld", str(root), store, options={"protocol": "makhmudov2024", "label_map": {"joy": "happy"}})
+
+
+def test_mosei_makhmudov2024_multilabel_truth_and_resplit(tmp_path, store):
+    build_mosei(tmp_path / "mosei")
+    r = ingest("mosei", str(tmp_path / "mosei"), store, options={"protocol": "makhmudov2024"})
+    u = by_id(r)
+    # every segment with an emotion present is kept (the tie vidB[1] is resolved in order), no neutral
+    assert sorted(u) == ["vidA[0]", "vidA[1]", "vidB[0]", "vidB[1]"]
+    assert r.summary["excluded_by_label"] == {"none": 1}
+    assert u["vidA[1]"].extra["emotion_presence"] == ["sad", "angry", "disgust"]  # intensity > 0
+    assert u["vidB[1]"].extra["emotion_presence"] == ["happy", "sad"] and u["vidB[1]"].label == "happy"
+    assert {x.split for x in u.values()} <= {"train", "test"}
+    assert u["vidB[0]"].extra["official_split"] == "test"
+    with pytest.raises(CorpusError, match="no neutral"):
+        ingest("mosei", str(tmp_path / "mosei"), store, options={"protocol": "makhmudov2024", "none_as_neutral": True})

@@ -18,6 +18,12 @@ Each split is text-only (``audio`` = None) when it has no media folder, or when
 mp4 video with PyAV at validation/feature time. The official split is kept in ``split``;
 utterances come out in dialogue order (split, Dialogue_ID, Utterance_ID) with
 ``dialogue`` = ``<split>_dia<D>`` which is also the evaluation group (``session``).
+Protocols (option ``protocol``): ``official`` (default) keeps MELD's splits and 7 emotions;
+``makhmudov2024`` is Makhmudov et al. 2024's: 6 emotions (fear excluded by protocol), the three
+splits pooled and re-split 80/20 stratified by emotion (floor(0.8 n) of each emotion to train,
+drawn with ``resplit_seed``: 10,676 / 2,674 on the full corpus, the paper's Table 1), with
+``split`` = train / test and the official split kept in ``extra.official_split``
+(see :mod:`emoflow.corpora.protocols`).
 CSV text is read as UTF-8 (cp1252 if the file is not UTF-8) and typographic characters
 that were double-encoded (``â€™`` for ``’``) are repaired; the summary counts repairs.
 """
@@ -28,6 +34,7 @@ import csv
 import io
 
 from emoflow.corpora.base import Adapter, CorpusError, Scan, Source
+from emoflow.corpora.protocols import TRAIN_SHARE, check_protocol, split_counts, stratified_resplit
 from emoflow.corpora.record import Utterance
 
 SPLITS = ("train", "dev", "test")
@@ -39,6 +46,8 @@ MEDIA_DIRS = {
 EMOTIONS = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")
 REQUIRED = ("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID")
 MOJIBAKE_MARKS = ("â", "Ã", "Â")
+# Makhmudov et al. 2024, Sec. 4.1.1: "anger, disgust, joy, sadness, surprise, and neutrality"
+MAKHMUDOV2024_EMOTIONS = ("neutral", "joy", "surprise", "anger", "sadness", "disgust")
 
 
 def fix_mojibake(text: str) -> str:
@@ -70,7 +79,8 @@ def parse_time(value: str | None) -> float | None:
 class MeldAdapter(Adapter):
     name = "meld"
     labels = EMOTIONS
-    option_defaults = {"media": "auto", "splits": None, "label_map": None}
+    option_defaults = {"media": "auto", "splits": None, "label_map": None, "protocol": "official",
+                       "resplit_seed": 0}
     layout = (
         "  train_sent_emo.csv, dev_sent_emo.csv, test_sent_emo.csv\n"
         "  train_splits/, dev_splits_complete/, output_repeated_splits_test/ (optional: dia{D}_utt{U}.mp4)"
@@ -78,7 +88,12 @@ class MeldAdapter(Adapter):
 
     def scan(self, src: Source, options: dict) -> Scan:
         scan = Scan(audio_required=False)
+        protocol = check_protocol("meld", options["protocol"])
         label_map = options["label_map"] or {e: e for e in EMOTIONS}
+        if protocol == "makhmudov2024":
+            if options["label_map"] is not None:
+                raise CorpusError("meld: protocol 'makhmudov2024' fixes the labels; leave label_map unset")
+            label_map = {e: e for e in MAKHMUDOV2024_EMOTIONS}
         scan.labels = tuple(sorted(set(label_map.values())))
         splits = options["splits"] or SPLITS
         bad = sorted(set(splits) - set(SPLITS))
@@ -129,6 +144,9 @@ class MeldAdapter(Adapter):
                     scan.reject(uid, where, "missing_text", f"{where}: empty Utterance")
                     continue
                 raw = row["Emotion"].strip().lower()
+                if protocol == "makhmudov2024" and raw in EMOTIONS and raw not in label_map:
+                    scan.exclude(uid, where, raw, "not among the 6 emotions of protocol makhmudov2024")
+                    continue
                 if raw not in label_map:
                     scan.reject(uid, where, "unknown_label", f"{where}: emotion {row['Emotion']!r} not in {sorted(label_map)}")
                     continue
@@ -145,9 +163,25 @@ class MeldAdapter(Adapter):
             rows.sort(key=lambda r: r[0])
             scan.items.extend(u for _, u in rows)
         scan.notes["typography_repaired"] = repaired
+        if protocol == "makhmudov2024":
+            self._resplit(scan, found, int(options["resplit_seed"]))
         if cp1252_files:
             scan.notes["cp1252_files"] = cp1252_files
         return scan
+
+    @staticmethod
+    def _resplit(scan: Scan, found: list[str], seed: int) -> None:
+        """Pool the splits and re-split them 80/20 per emotion (Makhmudov 2024's protocol)."""
+        split_of = stratified_resplit(scan.items, lambda u: u.label, TRAIN_SHARE["makhmudov2024"], seed)
+        for u in scan.items:
+            u.extra["official_split"] = u.split
+            u.split = split_of[u.id]
+        scan.notes["protocol"] = (
+            f"makhmudov2024: 6 emotions (fear excluded), official splits {found} pooled and re-split 80/20 "
+            f"per emotion (seed {seed}); the paper's Table 1: 10676 train / 2674 test on the full corpus")
+        scan.notes["resplit_counts"] = split_counts(scan.items, split_of)
+        if len(found) < len(SPLITS):
+            scan.notes["protocol"] += f"; only {found} present, so the counts cannot match the paper's"
 
     @staticmethod
     def _media_dir(src: Source, split: str, media) -> str | None:

@@ -23,6 +23,18 @@ intensity is shared by several emotions are excluded as ``tie`` (or resolved in 
 happy, sad, angry, surprise, disgust, fear with ``tie_break="order"``). The full vector is
 kept in ``extra.emotions`` and the sentiment score in ``extra.sentiment``.
 There are no speaker ids: ``speaker`` and ``session`` are the video id.
+
+Every utterance also carries the multi-label truth: ``extra.emotion_presence``, the emotions with
+intensity > 0 (CMU-MOSEI's usual binarisation), what per-emotion binary metrics score
+(``emoflow.evaluation.metrics.multilabel_metrics``).
+
+Protocols (option ``protocol``): ``official`` (default: ``splits.json`` if given) or
+``makhmudov2024`` (Makhmudov et al. 2024): 6 emotions, no neutral; ties of the dominant emotion
+resolved in order (every segment with an emotion present is kept, as a multi-label protocol
+does; ``tie_break`` unset means ``exclude`` for ``official`` and ``order`` here); all segments
+pooled and re-split 80/20 stratified by dominant emotion (floor(0.8 n) per emotion to train, drawn
+with ``resplit_seed``). The paper's Table 1 counts emotion labels, not segments (22,851 + 5,715 =
+28,566 labels of about 23,000 segments), so a segment-level split cannot match them exactly.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ import json
 import numpy as np
 
 from emoflow.corpora.base import Adapter, CorpusError, ItemError, Scan, Source, decode_text, temp_dir
+from emoflow.corpora.protocols import TRAIN_SHARE, check_protocol, split_counts, stratified_resplit
 from emoflow.corpora.record import Utterance
 
 EMOTIONS = ("happy", "sad", "angry", "surprise", "disgust", "fear")
@@ -53,14 +66,20 @@ def single_label(vector, none_as_neutral=False, tie_break="exclude") -> tuple[st
 class MoseiAdapter(Adapter):
     name = "mosei"
     labels = EMOTIONS
-    option_defaults = {"none_as_neutral": False, "tie_break": "exclude", "time_tolerance": 0.05,
-                       "require_text": True, "splits_file": "splits.json"}
+    option_defaults = {"none_as_neutral": False, "tie_break": None, "time_tolerance": 0.05,
+                       "require_text": True, "splits_file": "splits.json", "protocol": "official",
+                       "resplit_seed": 0}
     layout = (
         "  CMU_MOSEI_Labels.csd\n  Raw/Audio/Full/WAV_16000/<video_id>.wav\n"
         "  Raw/Transcript/Segmented/Combined/<video_id>.txt"
     )
 
     def scan(self, src: Source, options: dict) -> Scan:
+        protocol = check_protocol("mosei", options["protocol"])
+        if protocol == "makhmudov2024" and options["none_as_neutral"]:
+            raise CorpusError("mosei: protocol 'makhmudov2024' has no neutral class; leave none_as_neutral off")
+        if options["tie_break"] is None:
+            options = {**options, "tie_break": "order" if protocol == "makhmudov2024" else "exclude"}
         if options["tie_break"] not in ("exclude", "order"):
             raise CorpusError(f"mosei: tie_break must be 'exclude' or 'order', got {options['tie_break']!r}")
         scan = Scan()
@@ -103,6 +122,7 @@ class MoseiAdapter(Adapter):
                     session=video, corpus=self.name, dialogue=video, start=start, end=end,
                     split=splits.get(video), text_source="reference" if text is not None else None,
                     extra={"emotions": dict(zip(EMOTIONS, vec)), "sentiment": float(feats[i][0]),
+                           "emotion_presence": [e for e, x in zip(EMOTIONS, vec) if x > 0],
                            "segment_index": i},
                 ))
         if not scan.items and not scan.rejects and not scan.excluded:
@@ -112,6 +132,17 @@ class MoseiAdapter(Adapter):
             f"none -> {'neutral' if options['none_as_neutral'] else 'excluded'}, "
             f"ties -> {'resolved in order ' + ','.join(EMOTIONS) if options['tie_break'] == 'order' else 'excluded'}"
         )
+        if protocol == "makhmudov2024":
+            split_of = stratified_resplit(scan.items, lambda u: u.label, TRAIN_SHARE["makhmudov2024"],
+                                          int(options["resplit_seed"]))
+            for u in scan.items:
+                u.extra["official_split"] = u.split
+                u.split = split_of[u.id]
+            scan.notes["protocol"] = (
+                "makhmudov2024: segments with an emotion present, pooled and re-split 80/20 per dominant "
+                f"emotion (seed {options['resplit_seed']}); multi-label truth in extra.emotion_presence; "
+                + scan.notes["protocol"])
+            scan.notes["resplit_counts"] = split_counts(scan.items, split_of)
         return scan
 
     def _read_csd(self, src: Source) -> dict:

@@ -4,9 +4,16 @@ Rules every scheme follows:
 
 - the test part of a fold is a set of whole groups (sessions, speakers, or the official test split);
   no group is shared between train and test;
-- the validation part (model selection, early stopping) is carved from the TRAINING groups only,
-  either as one whole training group (``val="one_group"``) or as a speaker/dialogue-disjoint share
-  of the training utterances (``val="share"``); it never draws from the test fold;
+- the validation part (model selection, early stopping, A2's fusion weight) is carved from the
+  TRAINING groups only, never from the test fold, in one of :data:`VAL_MODES`:
+
+  - ``"one_group"``: one whole training group (a session for ``logo``: LOSO then trains on 3 of
+    IEMOCAP's 5 sessions);
+  - ``"fraction"``: a label-stratified ``val_share`` of the training groups' utterances (LOSO then
+    trains on every non-test session, as Padi 2022 and Wang 2023 do);
+  - ``"speaker"``: every utterance of one speaker of the training groups;
+  - ``"share"``: about ``val_share`` of the training utterances taken as whole speakers (or
+    dialogues/sessions, ``val_unit``), so validation is speaker-disjoint from training;
 - every utterance lands in exactly one of train / val / test in each fold; nothing is dropped.
 
 Errors name the offending item (utterance id, group, parameter).
@@ -23,8 +30,26 @@ import numpy as np
 from emoflow.corpora.record import Utterance
 
 SCHEMES = ("logo", "speaker_groups", "official")
-VAL_MODES = ("one_group", "share")
+VAL_MODES = ("one_group", "fraction", "speaker", "share")
 VAL_UNITS = ("auto", "speaker", "dialogue", "session")
+
+
+def describe_validation(mode: str, share: float | None = None) -> str:
+    """One sentence on a validation mode, for reports and model cards."""
+    pct = f"{100 * float(share):g} %" if share is not None else "a share"
+    text = {
+        "one_group": "one whole training group per fold (with leave-one-session-out: a training session "
+                     "is held out, so each fold trains on one group fewer)",
+        "fraction": f"a label-stratified {pct} of the training groups' utterances (every non-test group "
+                    "trains; validation shares speakers with training)",
+        "speaker": "all utterances of one speaker of the training groups",
+        "share": f"about {pct} of the training utterances as whole speakers (or dialogues): "
+                 "speaker-disjoint from training",
+    }.get(mode)
+    if text is None:
+        raise FoldError(f"val must be one of {VAL_MODES}, got {mode!r}")
+    return (f"validation `{mode}`: {text}; model selection and early stopping (and A2's fusion weight) "
+            "use it; never the test group; an official dev split, when there is one, is the validation part")
 
 # official split names (case-insensitive) → role
 _SPLIT_ALIASES = {
@@ -196,6 +221,54 @@ def _carve_share(utts: Sequence[Utterance], unit: str, share: float, rng: np.ran
     return {u.id for u in utts if key(u) in chosen_set}, sorted(chosen)
 
 
+def _carve_fraction(utts: Sequence[Utterance], share: float, rng: np.random.Generator,
+                    where: str) -> tuple[set[str], list[str]]:
+    """A label-stratified ``share`` of the utterances: round(share × n) of each label's n
+    utterances (at least one utterance in all, and at least one left for training).
+    Returns (val utterance ids, [a description of the part])."""
+    if len(utts) < 2:
+        raise FoldError(f"{where}: cannot carve a validation fraction from {len(utts)} training utterance(s)")
+    by_label: dict[str, list[Utterance]] = {}
+    for u in utts:
+        by_label.setdefault(str(u.label), []).append(u)
+    chosen: list[str] = []
+    for label in sorted(by_label):
+        members = by_label[label]
+        k = int(round(share * len(members)))
+        chosen += [members[i].id for i in sorted(rng.permutation(len(members))[:k])]
+    if not chosen:  # tiny parts: one utterance of the largest label
+        label = max(sorted(by_label), key=lambda lab: len(by_label[lab]))
+        chosen = [by_label[label][int(rng.integers(len(by_label[label])))].id]
+    if len(chosen) == len(utts):
+        chosen = chosen[:-1]
+    return set(chosen), [f"{len(chosen)} of {len(utts)} training utterances, stratified by label"]
+
+
+def _carve_speaker(utts: Sequence[Utterance], rng: np.random.Generator, where: str) -> tuple[set[str], list[str]]:
+    """Every utterance of one speaker of ``utts`` (drawn with ``rng``); at least one other speaker
+    stays in training. Returns (val utterance ids, [that speaker])."""
+    speakers = sorted({u.speaker for u in utts})
+    if len(speakers) < 2:
+        raise FoldError(f"{where}: val='speaker' needs at least 2 training speakers; found "
+                        f"{len(speakers)} ({', '.join(speakers)})")
+    speaker = speakers[int(rng.integers(len(speakers)))]
+    return {u.id for u in utts if u.speaker == speaker}, [speaker]
+
+
+def _carve(utts: Sequence[Utterance], val: str, unit: str, share: float, rng: np.random.Generator,
+           where: str) -> tuple[set[str], list[str], str]:
+    """The validation part of ``utts`` (training utterances only) for a non-group mode:
+    (val ids, val unit names, what the names are)."""
+    if val == "fraction":
+        ids, names = _carve_fraction(utts, share, rng, where)
+        return ids, names, "fraction"
+    if val == "speaker":
+        ids, names = _carve_speaker(utts, rng, where)
+        return ids, names, "speaker"
+    ids, names = _carve_share(utts, unit, share, rng, where)
+    return ids, names, unit
+
+
 def _auto_unit(val_unit: str, utts: Sequence[Utterance], scheme: str) -> str:
     if val_unit != "auto":
         return val_unit
@@ -217,7 +290,7 @@ def _group_folds(utts, scheme, n_folds, seed, val, val_share, val_unit, rotation
     if val == "one_group" and n < 3:
         raise FoldError(
             f"scheme {scheme!r} with val='one_group' needs at least 3 groups (test, validation, "
-            f"train); found {n}: {', '.join(keys)} — use val='share' or more groups")
+            f"train); found {n}: {', '.join(keys)} — use val='fraction', 'speaker' or 'share', or more groups")
     unit = _auto_unit(val_unit, utts, scheme)
     group_unit = "session" if scheme == "logo" else "speaker"
     folds = []
@@ -235,8 +308,7 @@ def _group_folds(utts, scheme, n_folds, seed, val, val_share, val_unit, rotation
         else:
             rng = np.random.default_rng([int(seed), i] + ([int(rotation)] if rotation else []))
             where = f"fold {i + 1} (test {', '.join(names[test_key])})"
-            val_set, val_groups = _carve_share(train_pool, unit, val_share, rng, where)
-            used_unit = unit
+            val_set, val_groups, used_unit = _carve(train_pool, val, unit, val_share, rng, where)
         if scheme == "logo":
             name = f"fold{i + 1}-{_safe(test_key)}"
         else:
@@ -271,13 +343,13 @@ def _split_roles(utts: Sequence[Utterance]) -> dict[str, list[Utterance]]:
     return roles
 
 
-def _carve_from_train(train: list[Utterance], val_share, val_unit, seed, where, rotation: int = 0):
-    """Validation carved from the official train split (no dev split available): a share of
-    whole dialogues or speakers (``val_unit``), whatever the ``val`` mode."""
+def _carve_from_train(train: list[Utterance], val, val_share, val_unit, seed, where, rotation: int = 0):
+    """Validation carved from the official train split (no dev split available): ``"fraction"``
+    and ``"speaker"`` as everywhere; otherwise (an official split has no groups to hold out whole)
+    a share of whole dialogues or speakers (``val_unit``)."""
     rng = np.random.default_rng([int(seed), 0] + ([int(rotation)] if rotation else []))
     unit = _auto_unit(val_unit, train, "official")
-    ids, names = _carve_share(train, unit, val_share, rng, where)
-    return ids, names, unit
+    return _carve(train, val if val in ("fraction", "speaker") else "share", unit, val_share, rng, where)
 
 
 def _official_fold(utts, n_folds, seed, val, val_share, val_unit, rotation: int = 0) -> list[Fold]:
@@ -293,7 +365,7 @@ def _official_fold(utts, n_folds, seed, val, val_share, val_unit, rotation: int 
     else:
         held = test or dev
         test_groups = ["test" if test else "dev"]
-        ids, val_groups, unit = _carve_from_train(train, val_share, val_unit, seed,
+        ids, val_groups, unit = _carve_from_train(train, val, val_share, val_unit, seed,
                                                   "official split (validation from train)", rotation)
         val_ids = [u.id for u in train if u.id in ids]
         train_ids = [u.id for u in train if u.id not in ids]
@@ -322,12 +394,17 @@ def make_folds(
       - ``"logo"``: leave-one-group-out over ``utterance.session`` (IEMOCAP: 5 folds);
       - ``"speaker_groups"``: speakers split into ``n_folds`` groups (deterministic by ``seed``),
         one fold per group; a speaker is never in both train and test;
-      - ``"official"``: ``utterance.split`` train→train, dev→val, test→test; without a test split
-        dev becomes the test part and validation is a ``val_share`` of train carved by dialogue or
-        speaker (whatever ``val`` says: an official split has no groups to hold out whole).
-    val:
+      - ``"official"``: ``utterance.split`` train→train, dev→val, test→test (the dev split is the
+        validation part whatever ``val`` says); without a dev split validation is carved from
+        train (``"fraction"``, ``"speaker"``, else a ``val_share`` of whole dialogues or speakers:
+        an official split has no groups to hold out whole); without a test split dev is the test.
+    val (always from the training groups, never the test group):
       - ``"one_group"``: one whole training group is the validation part (cycling with the test
         group, shifted by ``seed``);
+      - ``"fraction"``: a label-stratified ``val_share`` of the training groups' utterances
+        (every training group keeps training data; validation shares speakers with training);
+      - ``"speaker"``: all utterances of one speaker of the training groups (drawn by seed, fold
+        and rotation);
       - ``"share"``: about ``val_share`` of the training utterances, taken as whole speakers
         (or dialogues/sessions, ``val_unit``) so validation is speaker-disjoint from training.
     val_unit: "auto" (speaker; dialogue for official splits when every utterance has one),
@@ -376,7 +453,7 @@ def final_fit_split(
         if dev:
             return Fold("final", [u.id for u in train], [u.id for u in dev], [], [], ["dev"],
                         ["train"], "split", scheme)
-        ids, names, unit = _carve_from_train(train, val_share, val_unit, seed,
+        ids, names, unit = _carve_from_train(train, val, val_share, val_unit, seed,
                                              "final fit (official train split)")
         return Fold("final", [u.id for u in train if u.id not in ids],
                     [u.id for u in train if u.id in ids], [], [], names, ["train"], unit, scheme)
@@ -397,9 +474,8 @@ def final_fit_split(
         unit, val_groups = ("session" if scheme == "logo" else "speaker"), list(names[val_key])
         train_groups = sorted(g for k in keys if k != val_key for g in names[k])
     else:
-        unit = _auto_unit(val_unit, utts, scheme)
-        val_ids, val_groups = _carve_share(utts, unit, val_share, np.random.default_rng([int(seed), 10**6]),
-                                           "final fit")
+        val_ids, val_groups, unit = _carve(utts, val, _auto_unit(val_unit, utts, scheme), val_share,
+                                           np.random.default_rng([int(seed), 10**6]), "final fit")
         train_groups = all_groups
     return Fold("final", [u.id for u in utts if u.id not in val_ids],
                 [u.id for u in utts if u.id in val_ids], [], [], val_groups, train_groups, unit, scheme)

@@ -7,6 +7,13 @@
 - MF1 (macro F1)    = unweighted mean of per-class F1 over the classes that occur in the ground
   truth or in the predictions.
 
+Multi-label (CMU-MOSEI: one binary task per emotion, :func:`multilabel_metrics`):
+
+- binary WA (Makhmudov et al. 2024, Eq. 6, after Tong et al. 2017) = (TP × N/P + TN) / (2N),
+  P = positives, N = negatives in the truth; equal to (TP/P + TN/N) / 2, the mean recall of the
+  two classes (what that paper means by "identical to the mean recall");
+- accuracy (Eq. 4) = (TP + TN) / (TP + TN + FP + FN); F1 (Eq. 5) = 2TP / (2TP + FP + FN).
+
 All values are fractions in [0, 1]; reports show them as percentages.
 """
 
@@ -165,3 +172,66 @@ def aggregate(fold_results: dict, labels: Sequence) -> dict:
         "std": std,
         "pooled": compute_metrics(all_true, all_pred, labels),
     }
+
+
+def binary_weighted_accuracy(y_true: Sequence[bool], y_pred: Sequence[bool]) -> float:
+    """Makhmudov et al. 2024, Eq. 6: WA = (TP × N/P + TN) / (2N) for one binary task.
+
+    P / N: the number of positive / negative items in ``y_true``. Undefined (an error naming
+    which is missing) when the truth has no positive or no negative item."""
+    t, p = _binary(y_true, "y_true"), _binary(y_pred, "y_pred")
+    if t.size != p.size:
+        raise ValueError(f"y_true has {t.size} items but y_pred has {p.size}")
+    pos, neg = int(t.sum()), int((~t).sum())
+    if pos == 0 or neg == 0:
+        raise ValueError(f"binary WA needs positive and negative items in y_true (P={pos}, N={neg})")
+    tp, tn = int((t & p).sum()), int((~t & ~p).sum())
+    return (tp * neg / pos + tn) / (2 * neg)
+
+
+def _binary(values: Sequence, what: str) -> np.ndarray:
+    arr = np.asarray(list(values))
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be a flat sequence of booleans")
+    bad = [i for i, v in enumerate(arr.tolist()) if v not in (0, 1, True, False)]
+    if bad:
+        raise ValueError(f"{what}[{bad[0]}] = {arr.tolist()[bad[0]]!r} is not a boolean (0/1)")
+    return arr.astype(bool)
+
+
+def multilabel_metrics(true_sets: Sequence[Sequence[str]], pred_sets: Sequence[Sequence[str]],
+                       labels: Sequence[str]) -> dict:
+    """Per-emotion binary metrics of a multi-label task and their unweighted mean over emotions.
+
+    ``true_sets[i]`` / ``pred_sets[i]``: the emotions present / predicted for item i (any of
+    ``labels``). Per emotion: ``wa`` (Eq. 6; None when the truth has no positive or no negative
+    item), ``accuracy`` (Eq. 4), ``f1`` (Eq. 5; None when there is nothing to score), ``support``
+    (positives). ``mean``: each metric averaged over the emotions where it is defined."""
+    labels = _check_labels(labels)
+    if len(true_sets) != len(pred_sets):
+        raise ValueError(f"true_sets has {len(true_sets)} items but pred_sets has {len(pred_sets)}")
+    if not true_sets:
+        raise ValueError("no predictions to score (empty true_sets)")
+    known = set(labels)
+    for what, sets in (("true_sets", true_sets), ("pred_sets", pred_sets)):
+        for i, s in enumerate(sets):
+            unknown = sorted(set(s) - known)
+            if unknown:
+                raise ValueError(f"{what}[{i}] has {unknown}, not among the labels {labels}")
+    per: dict[str, dict] = {}
+    for lab in labels:
+        t = np.array([lab in s for s in true_sets])
+        p = np.array([lab in s for s in pred_sets])
+        tp, tn = int((t & p).sum()), int((~t & ~p).sum())
+        fp, fn = int((~t & p).sum()), int((t & ~p).sum())
+        per[str(lab)] = {
+            "wa": binary_weighted_accuracy(t, p) if 0 < t.sum() < t.size else None,
+            "accuracy": (tp + tn) / t.size,
+            "f1": 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else None,
+            "support": int(t.sum()),
+        }
+    mean = {}
+    for key in ("wa", "accuracy", "f1"):
+        vals = [m[key] for m in per.values() if m[key] is not None]
+        mean[key] = float(np.mean(vals)) if vals else None
+    return {"labels": [str(x) for x in labels], "n": len(true_sets), "per_label": per, "mean": mean}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emoflow.evaluation.folds import describe_validation
 from emoflow.evaluation.metrics import GLOSSARY, SCALAR_METRICS
 # figures as the papers report them: each architecture folder's paper.yaml (live over discovery)
 from emoflow.models.registry import PAPER_FIGURES
@@ -222,8 +223,12 @@ def write_report(
     metric: str = "ua",
     aggregate: str = "mean",
     title: str | None = None,
+    validation: dict | None = None,
 ) -> dict[str, Path]:
     """Write metrics.json, confusion_<name>.png per result, report.md and report.html.
+
+    ``validation`` ({"mode", "share"}, from the training summary) says how each fold's validation
+    part was carved from its training groups (``emoflow.evaluation.folds.VAL_MODES``).
 
     Each protocol gets its own section with its own winner (``winner`` overrides the winner of
     the section it belongs to; otherwise ``select_winner(metric, aggregate)``). Returns paths:
@@ -277,6 +282,8 @@ def write_report(
     doc.para(f"Corpus: {corpus}. Protocols in this report: {', '.join(order)}. "
              f"Results of different protocols are reported in separate sections and never mixed "
              f"or ranked together. Winner metric: {_NAMES[metric]} ({agg_word}).")
+    if validation:
+        doc.para("Validation: " + describe_validation(validation["mode"], validation.get("share")) + ".")
     for proto in order:
         res = sections[proto]
         w = winners[proto]
@@ -336,6 +343,7 @@ def write_report(
     payload = {
         "corpus": corpus,
         "selection": {"metric": metric, "aggregate": aggregate},
+        "validation": validation,
         "protocols": {
             p: {"description": PROTOCOLS[p], "winner": winners[p],
                 "results": {n: {**e, "protocol": p, "confusion_png": png_of[n]}

@@ -83,14 +83,15 @@ def average_fusion(fits: list[dict]) -> dict:
 
 
 def fold_plan(utterances: Sequence[Utterance], fold_scheme: str, n_folds: int | None, seed: int,
-              val_rotation: int = 0):
+              val_rotation: int = 0, validation: str = "one_group", validation_share: float = 0.1):
     """The run's folds (utterances de-duplicated by id, last record wins): one plan for the
-    training, the fan-out and the final merge."""
+    training, the fan-out and the final merge. `validation` / `validation_share`: how each fold's
+    validation part is carved from its training groups (``emoflow.evaluation.folds.VAL_MODES``)."""
     from emoflow.evaluation.folds import make_folds
 
     by_id = {u.id: u for u in utterances}
     return make_folds(list(by_id.values()), scheme=fold_scheme, n_folds=n_folds, seed=seed,
-                      val_rotation=val_rotation)
+                      val=validation, val_share=validation_share, val_rotation=val_rotation)
 
 
 def _load_data(utterances: Sequence[Utterance], store, arch: str, preset: dict, labels: list[str], seed: int,
@@ -112,6 +113,8 @@ def run_training(
     *,
     fold_scheme: str = "logo",
     n_folds: int | None = None,
+    validation: str = "one_group",
+    validation_share: float = 0.1,
     only_fold: str | None = None,
     skip_final: bool = False,
     final_epoch_count: int | None = None,
@@ -132,7 +135,8 @@ def run_training(
     dev = pick_device(device)
     data = _load_data(utterances, store, arch, preset, labels, seed, progress)
     run_key = _run_key(arch, preset, cfg, labels, utterances)
-    folds = fold_plan(utterances, fold_scheme, n_folds, seed)
+    validated = dict(validation=validation, validation_share=validation_share)
+    folds = fold_plan(utterances, fold_scheme, n_folds, seed, **validated)
     if only_fold is not None:
         folds = [f for f in folds if f.name == only_fold]
         if not folds:
@@ -142,7 +146,7 @@ def run_training(
 
     n_members = ensemble_size(preset)
     # member k of a seed ensemble is selected on another held-out part of the training groups
-    rotated = [{f.name: f for f in fold_plan(utterances, fold_scheme, n_folds, seed, val_rotation=k)}
+    rotated = [{f.name: f for f in fold_plan(utterances, fold_scheme, n_folds, seed, val_rotation=k, **validated)}
                for k in range(1, n_members)]
     results: dict = {}
     for fold in folds:
@@ -179,6 +183,9 @@ def run_training(
             "history": fits[0].history if n_members == 1 else [r.history for r in fits],
             "test_groups": list(fold.test_groups),
             "val_groups": list(fold.val_groups),
+            "val_unit": fold.val_unit,
+            "n_train": len(fold.train_ids),
+            "n_val": len(fold.val_ids),
             **({"member_val_groups": val_groups} if n_members > 1 else {}),
             "fusion": fusion[0] if n_members == 1 else (fusion if any(fusion) else None),
         }
@@ -194,6 +201,7 @@ def run_training(
         "labels": labels,
         "train_config": cfg.__dict__,
         "fold_scheme": fold_scheme,
+        "validation": {"mode": validation, "share": validation_share},
         # speaker-normalised features use test speakers' unlabelled statistics: its own protocol
         "protocol": "speaker-normalised" if any(u.extra.get("speaker_norm") for u in utterances) else "strict",
         "folds": results,
@@ -264,7 +272,7 @@ def merge_fold_predictions(parts: Sequence[dict], expected_folds: Sequence[str] 
     merged = {k: v for k, v in first.items() if k not in ("folds", "final_epochs", "final_fusion")}
     merged["folds"] = {}
     for i, part in enumerate(parts):
-        for key in ("run_key", "arch", "fold_scheme", "labels"):
+        for key in ("run_key", "arch", "fold_scheme", "validation", "labels"):
             if part.get(key) != first.get(key):
                 raise ValueError(f"fold predictions part {i} has {key}={part.get(key)!r}, "
                                  f"part 0 has {first.get(key)!r}: they are not from the same run")
@@ -291,6 +299,8 @@ def finalize_training(
     *,
     fold_scheme: str = "logo",
     n_folds: int | None = None,
+    validation: str = "one_group",
+    validation_share: float = 0.1,
     seed: int = 0,
     epochs: int | None = None,
     device: str = "auto",
@@ -307,7 +317,8 @@ def finalize_training(
     labels = labels_of(utterances, preset)
     cfg = TrainConfig.from_preset(preset, epochs=epochs, seed=seed)
     run_key = _run_key(arch, preset, cfg, labels, utterances)
-    plan = [f.name for f in fold_plan(utterances, fold_scheme, n_folds, seed)]
+    plan = [f.name for f in fold_plan(utterances, fold_scheme, n_folds, seed, validation=validation,
+                                      validation_share=validation_share)]
     summary = merge_fold_predictions(parts, expected_folds=plan)
     if summary["run_key"] != run_key:
         raise ValueError(f"fold predictions come from run {summary['run_key']}, not this one ({run_key}): "
