@@ -34,7 +34,7 @@ import csv
 import io
 
 from emoflow.corpora.base import Adapter, CorpusError, Scan, Source
-from emoflow.corpora.protocols import TRAIN_SHARE, check_protocol, split_counts, stratified_resplit
+from emoflow.corpora.protocols import check_protocol, resplit
 from emoflow.corpora.record import Utterance
 
 SPLITS = ("train", "dev", "test")
@@ -172,14 +172,10 @@ class MeldAdapter(Adapter):
     @staticmethod
     def _resplit(scan: Scan, found: list[str], seed: int) -> None:
         """Pool the splits and re-split them 80/20 per emotion (Makhmudov 2024's protocol)."""
-        split_of = stratified_resplit(scan.items, lambda u: u.label, TRAIN_SHARE["makhmudov2024"], seed)
-        for u in scan.items:
-            u.extra["official_split"] = u.split
-            u.split = split_of[u.id]
+        scan.notes["resplit_counts"] = resplit(scan.items, "makhmudov2024", seed)
         scan.notes["protocol"] = (
             f"makhmudov2024: 6 emotions (fear excluded), official splits {found} pooled and re-split 80/20 "
             f"per emotion (seed {seed}); the paper's Table 1: 10676 train / 2674 test on the full corpus")
-        scan.notes["resplit_counts"] = split_counts(scan.items, split_of)
         if len(found) < len(SPLITS):
             scan.notes["protocol"] += f"; only {found} present, so the counts cannot match the paper's"
 

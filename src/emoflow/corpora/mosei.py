@@ -44,7 +44,7 @@ import json
 import numpy as np
 
 from emoflow.corpora.base import Adapter, CorpusError, ItemError, Scan, Source, decode_text, temp_dir
-from emoflow.corpora.protocols import TRAIN_SHARE, check_protocol, split_counts, stratified_resplit
+from emoflow.corpora.protocols import check_protocol, resplit
 from emoflow.corpora.record import Utterance
 
 EMOTIONS = ("happy", "sad", "angry", "surprise", "disgust", "fear")
@@ -133,16 +133,11 @@ class MoseiAdapter(Adapter):
             f"ties -> {'resolved in order ' + ','.join(EMOTIONS) if options['tie_break'] == 'order' else 'excluded'}"
         )
         if protocol == "makhmudov2024":
-            split_of = stratified_resplit(scan.items, lambda u: u.label, TRAIN_SHARE["makhmudov2024"],
-                                          int(options["resplit_seed"]))
-            for u in scan.items:
-                u.extra["official_split"] = u.split
-                u.split = split_of[u.id]
+            scan.notes["resplit_counts"] = resplit(scan.items, "makhmudov2024", int(options["resplit_seed"]))
             scan.notes["protocol"] = (
                 "makhmudov2024: segments with an emotion present, pooled and re-split 80/20 per dominant "
                 f"emotion (seed {options['resplit_seed']}); multi-label truth in extra.emotion_presence; "
                 + scan.notes["protocol"])
-            scan.notes["resplit_counts"] = split_counts(scan.items, split_of)
         return scan
 
     def _read_csd(self, src: Source) -> dict:

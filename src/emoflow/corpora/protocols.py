@@ -12,7 +12,7 @@ utterance level (a dialogue or video may span train and test, as in any utteranc
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -48,10 +48,15 @@ def stratified_resplit(items: Sequence, key: Callable[[object], str], train_shar
     return out
 
 
-def split_counts(items: Iterable, split_of: dict[str, str]) -> dict[str, dict[str, int]]:
-    """{split: {label: count}} of the re-split, for the scan notes (compare with the paper's Table 1)."""
+def resplit(items: Sequence, protocol: str, seed: int) -> dict[str, dict[str, int]]:
+    """Re-split utterances in place by ``protocol`` (stratified by label): ``split`` becomes
+    train / test, the corpus's own split is kept in ``extra["official_split"]``. Returns
+    {split: {label: count}} for the scan notes (to compare with the paper's table)."""
+    split_of = stratified_resplit(items, lambda u: u.label, TRAIN_SHARE[protocol], seed)
     counts: dict[str, dict[str, int]] = {}
-    for item in items:
-        per = counts.setdefault(split_of[item.id], {})
-        per[item.label] = per.get(item.label, 0) + 1
+    for u in items:
+        u.extra["official_split"] = u.split
+        u.split = split_of[u.id]
+        per = counts.setdefault(u.split, {})
+        per[u.label] = per.get(u.label, 0) + 1
     return {s: dict(sorted(c.items())) for s, c in sorted(counts.items())}
