@@ -113,3 +113,13 @@ def test_test_ids_never_in_validation(utts, val, seed, rotation):
         assert not set(f.val_ids) & set(f.test_ids)
         assert sorted(f.train_ids + f.val_ids + f.test_ids) == sorted(u.id for u in utts)
         assert f.val_ids and f.train_ids
+
+
+def test_final_fit_split_takes_the_new_modes():
+    from emoflow.evaluation.folds import final_fit_split
+
+    utts = iemocap_like(4)
+    f = final_fit_split(utts, val="fraction", val_share=0.25)
+    assert len(f.val_ids) == 4 * 3 and f.val_unit == "fraction"  # 2.5 of 10 per label, half up and len(f.train_groups) == 5
+    g = final_fit_split(utts, val="speaker")
+    assert g.val_unit == "speaker" and len({i.split("_")[0] for i in g.val_ids}) == 1

@@ -223,7 +223,7 @@ def _carve_share(utts: Sequence[Utterance], unit: str, share: float, rng: np.ran
 
 def _carve_fraction(utts: Sequence[Utterance], share: float, rng: np.random.Generator,
                     where: str) -> tuple[set[str], list[str]]:
-    """A label-stratified ``share`` of the utterances: round(share × n) of each label's n
+    """A label-stratified ``share`` of the utterances: share × n (rounded half up) of each label's n
     utterances (at least one utterance in all, and at least one left for training).
     Returns (val utterance ids, [a description of the part])."""
     if len(utts) < 2:
@@ -234,7 +234,7 @@ def _carve_fraction(utts: Sequence[Utterance], share: float, rng: np.random.Gene
     chosen: list[str] = []
     for label in sorted(by_label):
         members = by_label[label]
-        k = int(round(share * len(members)))
+        k = int(np.floor(share * len(members) + 0.5))  # half up (round() would round half to even)
         chosen += [members[i].id for i in sorted(rng.permutation(len(members))[:k])]
     if not chosen:  # tiny parts: one utterance of the largest label
         label = max(sorted(by_label), key=lambda lab: len(by_label[lab]))
