@@ -6,7 +6,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "emoflow"
 LAYER = {
-    "config": 0, "assets": 0, "storage": 0, "images": 0, "runconfig": 0, "__init__": 0,
+    "config": 0, "assets": 0, "storage": 0, "images": 0, "runconfig": 0, "work": 0, "__init__": 0,
     "corpora": 1,
     "audio": 2, "text": 2,
     "models": 3,

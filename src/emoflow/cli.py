@@ -136,9 +136,13 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"preset {cfg['preset']}, epochs {cfg['epochs'] or 'of the preset'}, store {cfg['store']}, "
           f"deploy {cfg['deploy_target']}")
     started = time.time()
+    from emoflow import work
+
+    # each task (a subprocess) records the work it did and what it reused here
+    os.environ[work.LOG_ENV] = str(root / "work" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(4).hex()}")
     run = training.build_pipeline(cluster=False)(**cfg)
     registration = run.output if hasattr(run, "output") else run
-    print(f"\npipeline finished in {time.time() - started:.0f} s")
+    print(f"\npipeline finished in {time.time() - started:.0f} s; {work.describe(work.total(os.environ[work.LOG_ENV]))}")
     print_results(registration)
     if cfg["deploy_target"] == "local":
         url = f"http://127.0.0.1:{cfg['serve_port']}"

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
+from emoflow import work
 from emoflow.config import config_hash, store_uri
 from emoflow.corpora import Utterance, read_manifest, write_manifest
 
@@ -34,6 +35,13 @@ def _store(uri: str | None):
     from emoflow.storage import open_store
 
     return open_store(uri or store_uri())
+
+
+def _results(store, reuse_results: bool):
+    """The store's reusable results (emoflow.storage.results); `reuse_results` False recomputes."""
+    from emoflow.storage.results import ResultCache
+
+    return ResultCache(store, reuse=reuse_results)
 
 
 def ingest(corpus: str, source: str, store: str, manifest_path: str, options: dict | None = None) -> dict:
@@ -68,26 +76,34 @@ def ensure_demo_corpus(params: dict | None = None) -> Path:
     return root
 
 
-def transcribe(manifest_in: str, manifest_out: str, backend: str = "auto", store: str | None = None) -> dict:
-    """Fill `text` (reference pass-through or ASR); quarantined utterances are stored, not dropped."""
+def transcribe(manifest_in: str, manifest_out: str, backend: str = "auto", store: str | None = None, *,
+               reuse_results: bool = True) -> dict:
+    """Fill `text` (reference pass-through or ASR); quarantined utterances are stored, not dropped.
+    ASR results are kept in the store and reused by later runs (unless `reuse_results` is False)."""
     from emoflow.text.transcribe import transcribe as run_transcribe
 
-    utts = read_manifest(manifest_in)
-    kept, quarantine, summary = run_transcribe(utts, backend=backend)
-    if quarantine:
-        key = f"quarantine/transcribe/{config_hash([q.get('id') for q in quarantine])}.jsonl"
-        _store(store).put_bytes(key, "".join(json.dumps(q) + "\n" for q in quarantine).encode())
-        summary["quarantine_key"] = key
-    write_manifest(manifest_out, kept)
-    return summary
+    with work.counting("transcribe") as counted:
+        st = _store(store)
+        utts = read_manifest(manifest_in)
+        kept, quarantine, summary = run_transcribe(utts, backend=backend, results=_results(st, reuse_results))
+        if quarantine:
+            key = f"quarantine/transcribe/{config_hash([q.get('id') for q in quarantine])}.jsonl"
+            st.put_bytes(key, "".join(json.dumps(q) + "\n" for q in quarantine).encode())
+            summary["quarantine_key"] = key
+        write_manifest(manifest_out, kept)
+    return {**summary, **counted}
 
 
 EMBEDDING_KEYS = ("encoders", "embedding_options", "speaker_norm")
 
 
-def features(manifest_in: str, manifest_out: str, store: str, feature_config: dict | None = None) -> dict:
+def features(manifest_in: str, manifest_out: str, store: str, feature_config: dict | None = None, *,
+             reuse_results: bool = True) -> dict:
     """Log-mel features into the store, keyed by the feature config hash; optionally frozen-encoder
     embeddings and per-speaker statistics.
+
+    Both are stored per utterance under keys of their audio and configuration, so a rerun reuses
+    them without loading an encoder; `reuse_results` False computes them all again (replacing them).
 
     ``feature_config`` keys besides the LogMelConfig ones:
       encoders: list of speech encoder specs (or source strings, e.g. "ct2-whisper:tiny.en",
@@ -102,27 +118,29 @@ def features(manifest_in: str, manifest_out: str, store: str, feature_config: di
 
     given = plain(feature_config or {})
     cfg = LogMelConfig(**{k: v for k, v in given.items() if k not in EMBEDDING_KEYS})
-    st = _store(store)
-    utts = extract_features(read_manifest(manifest_in), st, cfg)
-    result = {"utterances": len(utts), "feature_config": cfg.__dict__, "config_hash": config_hash(cfg.__dict__)}
-    encoders = given.get("encoders") or []
-    if encoders:
-        from emoflow.audio.embeddings import attach_embeddings, speech_caches
+    with work.counting("features") as counted:
+        st = _store(store)
+        utts = extract_features(read_manifest(manifest_in), st, cfg, recompute=not reuse_results)
+        result = {"utterances": len(utts), "feature_config": cfg.__dict__, "config_hash": config_hash(cfg.__dict__)}
+        encoders = given.get("encoders") or []
+        if encoders:
+            from emoflow.audio.embeddings import attach_embeddings, speech_caches
 
-        result["embeddings"] = []
-        for cache in speech_caches(given, st):  # the predictor builds the same caches (online use)
-            summary: dict = {}
-            utts = attach_embeddings(utts, cache, summary=summary)
-            result["embeddings"].append({"encoder": cache.encoder, **summary})
-    if given.get("speaker_norm"):
-        if not encoders:
-            raise ValueError("feature_config speaker_norm needs encoders (it normalises cached embeddings)")
-        from emoflow.evaluation.normalization import write_speaker_stats
+            result["embeddings"] = []
+            # the predictor builds the same caches (online use)
+            for cache in speech_caches(given, st, recompute=not reuse_results):
+                summary: dict = {}
+                utts = attach_embeddings(utts, cache, summary=summary)
+                result["embeddings"].append({"encoder": cache.encoder, **summary})
+        if given.get("speaker_norm"):
+            if not encoders:
+                raise ValueError("feature_config speaker_norm needs encoders (it normalises cached embeddings)")
+            from emoflow.evaluation.normalization import write_speaker_stats
 
-        utts, result["speaker_stats"] = write_speaker_stats(utts, st)
-    result["protocol"] = "speaker-normalised" if given.get("speaker_norm") else "strict"
-    write_manifest(manifest_out, utts)
-    return result
+            utts, result["speaker_stats"] = write_speaker_stats(utts, st)
+        result["protocol"] = "speaker-normalised" if given.get("speaker_norm") else "strict"
+        write_manifest(manifest_out, utts)
+    return {**result, **counted}
 
 
 def train(
@@ -140,17 +158,22 @@ def train(
     seed: int = 0,
     feature_config: dict | None = None,
     progress: bool = True,
+    reuse_results: bool = True,
 ) -> dict:
-    """Cross-validated training of one architecture + final fit (see emoflow.training.run)."""
+    """Cross-validated training of one architecture + final fit (see emoflow.training.run); folds
+    and final fits trained before on the same content are reused (unless `reuse_results` is False)."""
     from emoflow.training.run import run_training
 
-    summary = run_training(
-        read_manifest(manifest), _store(store), arch, preset, out_dir,
-        fold_scheme=fold_scheme, n_folds=n_folds or None, validation=validation,
-        validation_share=validation_share, seed=seed, epochs=epochs or None,
-        checkpoint_prefix="checkpoints", progress=progress,
-    )
-    return _write_training(out_dir, summary, feature_config)
+    with work.counting("train") as counted:
+        st = _store(store)
+        summary = run_training(
+            read_manifest(manifest), st, arch, preset, out_dir,
+            fold_scheme=fold_scheme, n_folds=n_folds or None, validation=validation,
+            validation_share=validation_share, seed=seed, epochs=epochs or None,
+            checkpoint_prefix="checkpoints", progress=progress, results=_results(st, reuse_results),
+        )
+        result = _write_training(out_dir, summary, feature_config)
+    return {**result, **counted}
 
 
 def _write_training(out_dir: str, summary: dict, feature_config: dict | None) -> dict:
@@ -196,24 +219,27 @@ def train_fold(
     validation_share: float = 0.1,
     seed: int = 0,
     progress: bool = True,
+    reuse_results: bool = True,
 ) -> dict:
-    """One fold of one architecture (no final fit): its test predictions as JSON at `out_path`."""
+    """One fold of one architecture (no final fit): its test predictions as JSON at `out_path`
+    (reused when the same fold was trained before, unless `reuse_results` is False)."""
     import tempfile
 
     from emoflow.training.run import run_training
 
-    with tempfile.TemporaryDirectory() as work:
+    with work.counting("train_fold") as counted, tempfile.TemporaryDirectory() as tmp:
+        st = _store(store)
         summary = run_training(
-            read_manifest(manifest), _store(store), arch, preset, work, fold_scheme=fold_scheme,
+            read_manifest(manifest), st, arch, preset, tmp, fold_scheme=fold_scheme,
             n_folds=n_folds or None, validation=validation, validation_share=validation_share,
             only_fold=fold, skip_final=True, seed=seed, epochs=epochs or None,
-            checkpoint_prefix="checkpoints", progress=progress,
+            checkpoint_prefix="checkpoints", progress=progress, results=_results(st, reuse_results),
         )
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(Path(work) / "predictions.json", out_path)
+        shutil.copy(Path(tmp) / "predictions.json", out_path)
     res = summary["folds"][fold]
     return {"arch": arch, "fold": fold, "best_epoch": res["best_epoch"], "best_val_ua": res["best_val_ua"],
-            "run_key": summary["run_key"], "device": summary["device"]}
+            "run_key": summary["run_key"], "device": summary["device"], **counted}
 
 
 def finalize(
@@ -232,11 +258,13 @@ def finalize(
     seed: int = 0,
     feature_config: dict | None = None,
     progress: bool = True,
+    reuse_results: bool = True,
 ) -> dict:
     """Merge the folds' predictions and fit the final model: the same out_dir as `train`.
 
     Only the parts of this architecture are used (the pipeline may collect every architecture's
-    folds); every fold of the plan must be there exactly once."""
+    folds); every fold of the plan must be there exactly once. A final fit done before on the same
+    content is reused (unless `reuse_results` is False)."""
     from emoflow.training.run import finalize_training
 
     parts = [json.loads(Path(p).read_text()) for p in fold_predictions]
@@ -244,22 +272,27 @@ def finalize(
     if not mine:
         raise ValueError(f"no fold predictions for architecture {arch!r} among "
                          f"{sorted({str(p.get('arch')) for p in parts})}")
-    summary = finalize_training(
-        read_manifest(manifest), _store(store), arch, preset, out_dir, mine, fold_scheme=fold_scheme,
-        n_folds=n_folds or None, validation=validation, validation_share=validation_share, seed=seed, epochs=epochs or None, checkpoint_prefix="checkpoints",
-        progress=progress,
-    )
-    return _write_training(out_dir, summary, feature_config)
+    with work.counting("finalize") as counted:
+        st = _store(store)
+        summary = finalize_training(
+            read_manifest(manifest), st, arch, preset, out_dir, mine, fold_scheme=fold_scheme,
+            n_folds=n_folds or None, validation=validation, validation_share=validation_share, seed=seed,
+            epochs=epochs or None, checkpoint_prefix="checkpoints", progress=progress,
+            results=_results(st, reuse_results),
+        )
+        result = _write_training(out_dir, summary, feature_config)
+    return {**result, **counted}
 
 
 def fingerprint(manifest: str, *, architectures: Sequence[str] = (), preset: str = "",
                 feature_config: dict | None = None, **settings) -> str:
-    """Content key for the cached steps: sha256 of the manifest bytes (audio is content-addressed
-    in it), each architecture's resolved preset and the feature config, plus `settings`.
+    """Content key of a run: sha256 of the manifest bytes (audio is content-addressed in it), each
+    architecture's resolved preset and the feature config, plus `settings`.
 
-    Passed to features/train as an explicit parameter, so KFP's cache key (input parameter values,
-    input artifact ids, image, command) changes whenever data or configuration change, even when
-    an upstream artifact is reused (e.g. an importer, or a cached upstream task)."""
+    KFP's cache key (input parameter values, input artifact ids, image, command) holds the ids of
+    the input artifacts, which are new in every run because ingest is never cached: passed to a
+    step as a parameter, this key only makes a KFP cache hit honest when one happens. The reuse
+    that does happen across runs is the steps' own (``emoflow.storage.results``)."""
     import hashlib
 
     from emoflow.training.run import resolve_preset

@@ -47,7 +47,8 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 from tqdm.auto import tqdm
 
-from emoflow.audio.features import _open, _safe
+from emoflow.audio.features import _open, _safe, source_key
+from emoflow import work
 from emoflow.audio.io import AudioError, load_audio
 from emoflow.config import config_hash
 from emoflow.corpora.record import Utterance
@@ -86,7 +87,7 @@ class EmbeddingCache:
 
     def __init__(self, store, encoder: dict, kind: str = "speech", *, sample_rate: int = 16000,
                  max_length: int = 512, store_frames: bool = True, seed: int = 0, device: str | None = None,
-                 batch_size: int = 8, progress: bool | None = None, stats: bool = False):
+                 batch_size: int = 8, progress: bool | None = None, stats: bool = False, recompute: bool = False):
         if kind not in KINDS:
             raise ValueError(f"embedding kind must be one of {KINDS}, got {kind!r}")
         if not isinstance(encoder, dict) or "source" not in encoder:
@@ -102,6 +103,7 @@ class EmbeddingCache:
         self.device = torch.device(device or default_device())
         self.batch_size = batch_size
         self.progress = progress
+        self.recompute = recompute  # compute every utterance again, replacing what is stored
         self._spec_written = False
 
     # ---- keys -----------------------------------------------------------------------------
@@ -110,7 +112,7 @@ class EmbeddingCache:
         return f"{PREFIX}/{self.kind}/{self.key_hash}"
 
     def key(self, utt: Utterance) -> str:
-        src = config_hash([utt.audio, utt.start, utt.end] if self.kind == "speech" else [utt.text], 8)
+        src = source_key(utt) if self.kind == "speech" else config_hash([utt.text], 8)
         return f"{self.prefix}/{_safe(utt.corpus)}/{_safe(utt.id)}-{src}.safetensors"
 
     def _has_input(self, utt: Utterance) -> bool:
@@ -143,6 +145,7 @@ class EmbeddingCache:
         tokenizer, model = self._model()
         out = embed_batch(tokenizer, model, inputs, self.kind, self.input_cfg, self.device)
         FORWARD_COUNTS[self.key_hash] += len(inputs)
+        work.add("encoder_passes", len(inputs))
         return out
 
     def _forward(self, items: list[tuple[Utterance, object]]) -> list[dict[str, np.ndarray]]:
@@ -166,7 +169,7 @@ class EmbeddingCache:
                 no_input += 1
                 continue
             keys[u.id] = self.key(u)
-            if not self.store.exists(keys[u.id]):
+            if self.recompute or not self.store.exists(keys[u.id]):
                 todo.append(u)
         if todo and not self._spec_written:
             self.store.put_bytes(f"{self.prefix}/spec.json", json.dumps(
@@ -200,6 +203,7 @@ class EmbeddingCache:
                 for (u, _), d in zip(chunk, results):
                     self.store.put_bytes(keys[u.id], st_save(d))
                 bar.update(len(chunk))
+        work.reused("embeddings", len(keys) - len(inputs))
         if summary is not None:
             summary.update(total=len(utterances), computed=len(inputs), reused=len(keys) - len(inputs),
                            no_input=no_input, quarantined=failed, key_hash=self.key_hash, prefix=self.prefix)
@@ -246,6 +250,7 @@ def _masked_stats(x: torch.Tensor, mask: torch.Tensor, dim: int, prefix: str = "
 def load_encoder(encoder: dict, kind: str = "speech", *, seed: int = 0, device=None) -> tuple:
     """(tokenizer or None, model) of an encoder spec: random inits seeded with ``seed`` (so
     recomputed values match cached ones), eval mode, frozen, on ``device``."""
+    work.add("encoder_loads")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if kind == "speech":

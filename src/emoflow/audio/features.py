@@ -5,9 +5,10 @@ Layout in the store::
     features/logmel/<cfg_hash>/config.json                  the LogMelConfig that made them
     features/logmel/<cfg_hash>/<corpus>/<id>-<src8>.npy      float32 [T, n_mels] per utterance
 
-``<src8>`` hashes the utterance's audio URI and start/end, so a re-ingested utterance with the
-same id but other audio never reuses stale features; a changed config gives a new
-``<cfg_hash>``. Existing keys are reused, never recomputed.
+``<src8>`` hashes the utterance's audio content (the sha256 ingest records; the audio URI when
+there is none) and start/end, so an utterance with the same id but other audio, even at the same
+path (``copy_audio: false``), never reuses stale features; a changed config gives a new
+``<cfg_hash>``. Existing keys are reused, not recomputed (unless ``recompute=True``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from emoflow import work
 from emoflow.audio.io import AudioError, load_audio
 from emoflow.audio.logmel import LogMelConfig, logmel_batch
 from emoflow.config import config_hash
@@ -47,10 +49,14 @@ def _safe(name: str) -> str:
     return safe
 
 
+def source_key(utt: Utterance) -> str:
+    """Short hash of an utterance's audio content (ingest's sha256, else its URI) and start/end."""
+    return config_hash([utt.extra.get("sha256") or utt.audio, utt.start, utt.end], 8)
+
+
 def feature_key(cfg_hash: str, utt: Utterance, suffix: str = "") -> str:
     """Store key of one utterance's features under a config hash."""
-    src = config_hash([utt.audio, utt.start, utt.end], 8)
-    return f"{PREFIX}/{cfg_hash}/{_safe(utt.corpus)}/{_safe(utt.id)}-{src}{suffix}.npy"
+    return f"{PREFIX}/{cfg_hash}/{_safe(utt.corpus)}/{_safe(utt.id)}-{source_key(utt)}{suffix}.npy"
 
 
 def _to_npy(arr: np.ndarray) -> bytes:
@@ -155,6 +161,7 @@ def _compute(store, cfg: LogMelConfig, todo: list[tuple[int, Utterance, str]], b
             else:
                 store.put_bytes(key, _to_npy(result))
                 COUNTS["computed"] += 1
+                work.add("logmel")
             bar.update(1)
 
 
@@ -166,8 +173,9 @@ def _ensure_config(store, cfg: LogMelConfig) -> None:
 
 def extract_features(utterances: list[Utterance], store, cfg: LogMelConfig | dict | None = None, *,
                      batch_size: int = 32, progress: bool | None = None, quarantine: list | None = None,
-                     summary: dict | None = None, device=None) -> list[Utterance]:
+                     summary: dict | None = None, device=None, recompute: bool = False) -> list[Utterance]:
     """Compute (or reuse) each utterance's log-mel in ``store``; set ``extra["logmel"]`` = key.
+    ``recompute=True`` computes every utterance again and replaces what is stored.
 
     Returns new Utterance records (inputs untouched). Utterances without audio (text-only
     corpora) pass through without a ``logmel`` key. An utterance whose audio fails to decode
@@ -195,7 +203,7 @@ def extract_features(utterances: list[Utterance], store, cfg: LogMelConfig | dic
             no_audio += 1
             continue
         keys[i] = feature_key(h, u)
-        if store.exists(keys[i]):
+        if not recompute and store.exists(keys[i]):
             reused += 1
         else:
             todo.append((i, u, keys[i]))
@@ -203,8 +211,9 @@ def extract_features(utterances: list[Utterance], store, cfg: LogMelConfig | dic
     before = COUNTS["computed"]
     _compute(store, base_cfg, todo, batch_size, progress, failures, device)
     computed = COUNTS["computed"] - before
+    work.reused("logmel", reused)
     if cfg.normalize == "speaker":
-        keys, extra_computed = _speaker_normalise(store, cfg, utts, keys, failures)
+        keys, extra_computed = _speaker_normalise(store, cfg, utts, keys, failures, recompute)
         computed += extra_computed
     if failures and quarantine is None:
         first = min(failures)
@@ -224,7 +233,8 @@ def extract_features(utterances: list[Utterance], store, cfg: LogMelConfig | dic
     return out
 
 
-def _speaker_normalise(store, cfg: LogMelConfig, utts, raw_keys: dict[int, str], failures) -> tuple[dict[int, str], int]:
+def _speaker_normalise(store, cfg: LogMelConfig, utts, raw_keys: dict[int, str], failures,
+                       recompute: bool = False) -> tuple[dict[int, str], int]:
     """Normalise raw log-mel per (corpus, speaker) with statistics over that speaker's utterances.
 
     The stored key carries a hash of the speaker's utterance set, so a different set of
@@ -241,7 +251,7 @@ def _speaker_normalise(store, cfg: LogMelConfig, utts, raw_keys: dict[int, str],
     for members in groups.values():
         set_hash = config_hash(sorted(raw_keys[i] for i in members), 8)
         want = {i: feature_key(h, utts[i], f"-spk{set_hash}") for i in members}
-        if all(store.exists(k) for k in want.values()):
+        if not recompute and all(store.exists(k) for k in want.values()):
             keys.update(want)
             continue
         raw = {i: load_logmel(store, raw_keys[i]) for i in members}

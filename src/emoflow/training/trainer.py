@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from emoflow import work
 from emoflow.models.base import EmotionModel, build_optimizers
 from emoflow.training.data import DialogueBatchSampler, UtteranceDataset, make_batch_sampler, make_collate
 
@@ -357,6 +358,7 @@ def fit(
         else:
             best_epoch = epoch + 1
         history.append(record)
+        work.add("epochs")
         log.info(
             "%s epoch %d/%d loss %.4f%s",
             name, epoch + 1, cfg.epochs, record["loss"],
