@@ -19,7 +19,7 @@ from serving.serving_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
-WORK = re.compile(r"work done: (\d+) encoder passes, (\d+) training epochs(?: \(([^)]*)\))?; reused: (.*)")
+WORK = re.compile(r"pipeline finished in \d+ s; work done: (\d+) encoder passes, (\d+) training epochs(?: \(([^)]*)\))?; reused: (.*)")
 # the demo's features plus a small frozen speech encoder (random init, no assets), so the run has
 # encoder passes to count
 CONFIG = """\

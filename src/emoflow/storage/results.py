@@ -150,9 +150,9 @@ class ResultCache:
             self.store.put_bytes(self._marker(key), entry)
             won = True
         # only the marker's attempt is ever read: the winner drops every other attempt (half
-        # entries of killed writers), a loser its own files
+        # entries of killed writers), a loser its own files; an entry of meta only has no files
         prefix = f"{PREFIX}/{key}/"
-        for name in self.store.list(prefix):
+        for name in self.store.list(prefix) if files else []:
             part = name[len(prefix):].split("/", 1)[0]
             if part != MARKER and (part != attempt if won else part == attempt):
                 self.store.delete(name, missing_ok=True)

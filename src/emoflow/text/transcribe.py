@@ -30,6 +30,7 @@ rerun reuses it without decoding the audio or loading the model.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections import defaultdict
@@ -176,6 +177,7 @@ def get_backend(name: str, **options):
         return _MODELS[key]
 
 
+@functools.lru_cache(maxsize=None)
 def _package_version(name: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
