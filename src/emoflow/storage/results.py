@@ -16,7 +16,8 @@ Layout::
     cache/<kind>/<hash>/<attempt>/<file>      the entry's files, one folder per writing attempt
 
 The hash covers the caller's inputs and the code version (``code_version``: emoflow's version,
-``SCHEMA``, and a digest of the package's source), so a code change invalidates every entry.
+``SCHEMA``, and a digest of the package's source), so a code change invalidates every entry
+(callers add the digest of code outside the package, e.g. an architecture folder, to their inputs).
 ``entry.json`` is written last and only once (an atomic create): a step killed while saving
 leaves files without a marker, which no lookup trusts; of two writers of the same key the first
 marker wins and the other's files are removed. A lookup verifies each file's checksum and
@@ -26,6 +27,7 @@ replaces them with the recomputed ones.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -43,21 +45,23 @@ SCHEMA = 1  # bump when the layout or the meaning of an entry changes
 MARKER = "entry.json"
 
 log = logging.getLogger("emoflow.storage.results")
-_CODE: dict | None = None
+
+
+@functools.lru_cache(maxsize=None)
+def source_digest(root: Path) -> str:
+    """sha256 (16 hex) of the Python and YAML files under `root` (names and contents)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(root).rglob("*") if p.suffix in (".py", ".yaml", ".yml") and p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def code_version() -> dict:
-    """emoflow's version, the cache schema and a sha256 of the package's source and presets."""
-    global _CODE
-    if _CODE is None:
-        import emoflow
+    """emoflow's version, the cache schema and the digest of the package's source and presets."""
+    import emoflow
 
-        root = Path(emoflow.__file__).resolve().parent
-        digest = hashlib.sha256()
-        for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".yaml", ".yml") and p.is_file()):
-            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-        _CODE = {"emoflow": emoflow.__version__, "schema": SCHEMA, "source": digest.hexdigest()[:16]}
-    return _CODE
+    return {"emoflow": emoflow.__version__, "schema": SCHEMA,
+            "source": source_digest(Path(emoflow.__file__).resolve().parent)}
 
 
 def _plain(obj: Any) -> Any:

@@ -22,7 +22,7 @@ does the same final fit, giving the same outputs.
 Reuse across runs (``results``, a ``emoflow.storage.results.ResultCache``): each fold's result and
 each final fit is an entry keyed by the run key (every manifest row, the resolved preset, the
 training config, the labels), the fold's train/validation/test ids of every ensemble member, the
-torch version and the code version; the final fit's key adds its epoch count and the folds'
+torch version, the architecture folder's source and the code version; the final fit's key adds its epoch count and the folds'
 fusion fits. A hit restores the stored result (and the final model's files) without loading the
 data or building a model: an identical rerun trains no epoch, on kfp.local and on a cluster alike,
 and the one-task train and the per-fold fan-out share their entries.
@@ -40,7 +40,7 @@ import numpy as np
 from emoflow import work
 from emoflow.config import config_hash
 from emoflow.corpora import Utterance
-from emoflow.storage.results import ResultCache, jsonable
+from emoflow.storage.results import ResultCache, jsonable, source_digest
 from emoflow.training.data import load_items
 from emoflow.training.trainer import (
     Checkpointer, TrainConfig, final_epochs, fit, pick_device, predict, seed_everything, unweighted_accuracy,
@@ -174,7 +174,7 @@ def run_training(
     done: dict = {}
     for fold in folds:
         parts = [fold] + [r[fold.name] for r in rotated]
-        key = results.key("fold", _fold_inputs(run_key, parts)) if results else None
+        key = results.key("fold", _fold_inputs(arch, run_key, parts)) if results else None
         reused = results.lookup(key) if results else None
         if reused is not None:
             log.info("%s %s: reused the fold's result (cache key %s)", arch, fold.name, key)
@@ -263,7 +263,7 @@ def _final_fit(summary: dict, data: "_LazyData", arch: str, preset: dict, labels
     folds = summary["folds"]
     n_final = final_epoch_count or final_epochs([r["best_epoch"] for r in folds.values()])
     n_members = ensemble_size(preset)
-    key = results.key("final", {"run": summary["run_key"], "epochs": n_final, "torch": _torch_version(),
+    key = results.key("final", {"run": summary["run_key"], "epochs": n_final, "code": _code(arch),
                                 "fusion": [r.get("fusion") for r in folds.values()]}) if results else None
     reused = results.lookup(key, out_dir / "model") if results else None
     if reused is not None:
@@ -416,14 +416,18 @@ def _run_key(arch: str, preset: dict, cfg: TrainConfig, labels: list[str], utter
     })
 
 
-def _fold_inputs(run_key: str, parts) -> dict:
+def _fold_inputs(arch: str, run_key: str, parts) -> dict:
     """What a fold's result depends on beyond the run: each ensemble member's train/val/test ids."""
-    return {"run": run_key, "torch": _torch_version(),
+    return {"run": run_key, "code": _code(arch),
             "members": [{"fold": p.name, "train": sorted(p.train_ids), "val": sorted(p.val_ids),
                          "test": sorted(p.test_ids)} for p in parts]}
 
 
-def _torch_version() -> str:
+def _code(arch: str) -> dict:
+    """Code a training result depends on besides emoflow's own (in every cache key): torch, and
+    the architecture's folder (it may live outside the package: entry point, $EMOFLOW_ARCH_PATH)."""
     import torch
 
-    return torch.__version__
+    from emoflow.models import arch_folder
+
+    return {"torch": torch.__version__, "arch": source_digest(arch_folder(arch).folder.resolve())}
