@@ -51,7 +51,8 @@ def test_second_identical_run_reuses_everything_and_still_registers_and_serves(t
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "EMOFLOW_STORE"}
     env["EMOFLOW_HOME"] = str(home)
-    cmd = [sys.executable, "-m", "emoflow.cli", "run", "--config", str(config), "--port", str(port)]
+    # the demo config, then this test's (later layers win)
+    cmd = [sys.executable, "-m", "emoflow.cli", "run", "--config", "demo", "--config", str(config), "--port", str(port)]
     registry = Registry(open_store(str(home / "store")))
     try:
         counts = []
