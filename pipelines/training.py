@@ -6,11 +6,14 @@ With ``fan_out_folds=True`` each architecture's training is split into one task 
 tasks in parallel on GPU nodes; finalize merges the folds' predictions and does the final fit, and
 gives evaluate/register the same model and predictions as the one-task train.
 
-Caching: KFP's cache key is the input parameter values, the ids of the input artifacts, the image
-and the command (backend/src/v2/cacheutils/cache.go) — not the content of the data. The
-fingerprint step (never cached) hashes the manifest bytes (audio is content-addressed in it), each
-architecture's resolved preset and the feature config; features and training take that hash as
-the ``cache_key`` parameter, so changed data or configuration always changes their cache key.
+Reuse: KFP's cache key holds the ids of a task's input artifacts (backend/src/v2/cacheutils/cache.go),
+which are new in every run because ingest is never cached, so on a cluster KFP's cache never hits.
+The steps therefore reuse their own results from the store, keyed by content
+(``emoflow.storage.results``): ASR, log-mel and encoder embeddings per utterance, each training fold
+and each final fit. An identical rerun does no encoder pass and no training epoch, on kfp.local and
+on a cluster alike; ``reuse_results: false`` recomputes. The fingerprint step (never cached) still
+hashes the manifest, each architecture's resolved preset and the feature config into ``cache_key``,
+so a run's tasks carry the identity of their data and configuration.
 
 Parameters: every pipeline parameter, its type, default and description come from the run
 configuration (``emoflow.runconfig.PARAMS``); the pipeline function's signature is built from it.
@@ -136,7 +139,7 @@ def build_pipeline(*, cluster: bool = True, image_pull_secrets: list[str] | None
         ing.set_caching_options(False)  # reads external data: never reuse a stale manifest
         _storage_task(ing, cluster=cluster)
         tr = task(transcribe(manifest=ing.outputs["manifest"], backend=p.transcribe_backend, store=p.store,
-                             assets=p.assets))
+                             assets=p.assets, reuse_results=p.reuse_results))
         _storage_task(tr, cluster=cluster)
         fp = task(fingerprint(
             manifest=tr.outputs["transcribed"], architectures=p.architectures, preset=p.preset,
@@ -146,12 +149,14 @@ def build_pipeline(*, cluster: bool = True, image_pull_secrets: list[str] | None
         fp.set_caching_options(False)  # cheap, and it is what makes the others' cache keys honest
         _storage_task(fp, cluster=cluster, timeout_s=1800)
         feat = task(features(manifest=tr.outputs["transcribed"], store=p.store, feature_config=p.feature_config,
-                             cache_key=fp.output, assets=p.assets))
+                             cache_key=fp.output, assets=p.assets,
+                             reuse_results=p.reuse_results))
         _storage_task(feat, cluster=cluster)
         manifest = feat.outputs["featurized"]
         validation = dict(validation=p.validation, validation_share=p.validation_share)
         common = dict(store=p.store, preset=p.preset, epochs=p.epochs, fold_scheme=p.fold_scheme,
-                      n_folds=p.n_folds, seed=p.seed, cache_key=fp.output, assets=p.assets, **validation)
+                      n_folds=p.n_folds, seed=p.seed, cache_key=fp.output, assets=p.assets,
+                      reuse_results=p.reuse_results, **validation)
         gpu = dict(cluster=cluster, accelerator_type=p.accelerator_type, gpu_count=p.gpu_count,
                    node_selector=p.node_selector, tolerations=p.tolerations)
 

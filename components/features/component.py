@@ -6,6 +6,7 @@ from emoflow.images import image
 
 @dsl.component(base_image=image("base"), install_kfp_package=False)
 def features(manifest: Input[Dataset], store: str, feature_config: dict, cache_key: str, assets: str,
+             reuse_results: bool,
              featurized: Output[Dataset]) -> dict:
     """Log-mel features into the store, keyed by the hash of the feature config.
 
@@ -16,6 +17,6 @@ def features(manifest: Input[Dataset], store: str, feature_config: dict, cache_k
 
     use_mirror(assets)
 
-    summary = steps.features(manifest.path, featurized.path, store, feature_config)
+    summary = steps.features(manifest.path, featurized.path, store, feature_config, reuse_results=reuse_results)
     featurized.metadata["config_hash"] = summary["config_hash"]
     return summary

@@ -22,6 +22,7 @@ def finalize(
     feature_config: dict,
     cache_key: str,
     assets: str,
+    reuse_results: bool,
     model: Output[Model],
     predictions: Output[Dataset],
 ) -> dict:
@@ -35,7 +36,7 @@ def finalize(
     summary = steps.finalize(manifest.path, store, arch, preset, [p.path for p in fold_predictions], work,
                              epochs=epochs, fold_scheme=fold_scheme, n_folds=n_folds,
                              validation=validation, validation_share=validation_share, seed=seed,
-                             feature_config=feature_config)
+                             feature_config=feature_config, reuse_results=reuse_results)
     steps.publish_training(work, model.path, predictions.path)
     model.metadata.update({"arch": arch, "preset": preset, "framework": "pytorch"})
     return summary

@@ -19,6 +19,7 @@ def train(
     feature_config: dict,
     cache_key: str,
     assets: str,
+    reuse_results: bool,
     model: Output[Model],
     predictions: Output[Dataset],
 ) -> dict:
@@ -33,7 +34,7 @@ def train(
     work = model.path + ".work"
     summary = steps.train(manifest.path, store, arch, preset, work, epochs=epochs, fold_scheme=fold_scheme,
                           n_folds=n_folds, validation=validation, validation_share=validation_share, seed=seed,
-                          feature_config=feature_config)
+                          feature_config=feature_config, reuse_results=reuse_results)
     steps.publish_training(work, model.path, predictions.path)
     model.metadata.update({"arch": arch, "preset": preset, "framework": "pytorch"})
     return summary

@@ -19,6 +19,7 @@ def train_fold(
     seed: int,
     cache_key: str,
     assets: str,
+    reuse_results: bool,
     predictions: Output[Dataset],
 ) -> dict:
     """One fold of one architecture (train, select on validation, predict the test groups); no final fit.
@@ -31,6 +32,7 @@ def train_fold(
 
     summary = steps.train_fold(manifest.path, store, arch, preset, fold, predictions.path, epochs=epochs,
                                fold_scheme=fold_scheme, n_folds=n_folds,
-                               validation=validation, validation_share=validation_share, seed=seed)
+                               validation=validation, validation_share=validation_share, seed=seed,
+                               reuse_results=reuse_results)
     predictions.metadata.update({"arch": arch, "fold": fold, "run_key": summary["run_key"]})
     return summary

@@ -244,6 +244,9 @@ PARAMS: tuple[Param, ...] = (
        "fraction and share)", "training", check=lambda v: None if 0.0 < v < 1.0 else f"must be in (0, 1), got {v}"),
     _p("n_folds", int, 0, "folds for speaker_groups (0 = one per group)", "training", check=_check_range(0)),
     _p("seed", int, 0, "random seed of folds and training", "training"),
+    _p("reuse_results", bool, True, "reuse results of earlier runs kept in the store (ASR, log-mel, encoder "
+       "embeddings, training folds and final fits), keyed by content; false computes them again and "
+       "replaces them", "training"),
     _p("fan_out_folds", bool, False, "one training task per fold (parallel GPU tasks on a cluster)", "training"),
     # registry
     _p("model_name", str, "emoflow", "registered model name", "registry"),
