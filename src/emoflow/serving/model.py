@@ -167,6 +167,11 @@ class EmotionModel:
         """The loaded model takes no audio input (see AUDIO_INPUTS): requests carry text only."""
         return self.model is not None and not set(self.model.inputs) & set(AUDIO_INPUTS)
 
+    @property
+    def modality_weights(self) -> bool:
+        """Answers carry modality weights (audio, text): A1 models (and their ensembles) give them."""
+        return getattr(self.model, "arch", None) == "a1"
+
     def _load_encoders(self, fc: dict, fc_path: Path) -> None:
         """The run's speech encoders, loaded and frozen, and the speaker statistics when enabled."""
         from emoflow.audio.embeddings import speech_caches

@@ -34,10 +34,13 @@ from kserve import Model
 from emoflow.serving.batcher import BATCH_SIZE, MicroBatcher
 from emoflow.serving.model import EmotionModel, Instance, InstanceError
 from emoflow.serving.protocol import BadRequest, RequestParser
-from emoflow.serving.responses import PROTOCOL_COUNT, v1_response, v2_response
+from emoflow.serving.responses import PROTOCOL_COUNT, input_types, output_types, v1_response, v2_response
 from emoflow.serving.settings import ServingConfig
 
 log = logging.getLogger("emoflow.serving")
+
+PLATFORM = "pytorch_emoflow"  # v2 model metadata: the framework/backend serving the model
+
 
 class EmotionPredictor(Model):
     def __init__(self, name: str, storage_uri: str, *, store: str | None = None,
@@ -76,7 +79,8 @@ class EmotionPredictor(Model):
     def load(self) -> bool:
         runner = self.runner
         runner.load(self.storage_uri, self.store)
-        self.parser = RequestParser(self.config, text_only=runner.text_only, model_inputs=runner.model.inputs)
+        self.parser = RequestParser(self.config, text_only=runner.text_only, model_inputs=runner.model.inputs,
+                                    outputs=[o["name"] for o in self.get_output_types()])
         ref_path = runner.path / "reference_distribution.json"
         if self.metrics is not None and ref_path.exists():
             self.metrics.set_reference(self.name, self.version, json.loads(ref_path.read_text()))
@@ -84,6 +88,18 @@ class EmotionPredictor(Model):
         log.info("loaded %s version %s from %s on %s%s", self.name, self.version, runner.path, runner.device,
                  " (text-only: requests carry text, no audio)" if self.text_only else "")
         return self.ready
+
+    # -- metadata (Open Inference Protocol) ------------------------------------------------------
+    def get_input_types(self) -> list[dict]:
+        return input_types(self.text_only)
+
+    def get_output_types(self) -> list[dict]:
+        return output_types(self.labels, self.runner.modality_weights)
+
+    def metadata(self) -> dict:
+        """The v2 model metadata: real inputs and outputs, the version served, the platform."""
+        return {"name": self.name, "versions": [self.version], "platform": PLATFORM,
+                "inputs": self.get_input_types(), "outputs": self.get_output_types()}
 
     # -- requests --------------------------------------------------------------------------------
     def parse(self, payload: Any) -> tuple[list[Instance], bool]:

@@ -41,6 +41,32 @@ def client_message(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     return text if len(text) <= limit else text[:limit - 15] + "... (truncated)"
 
 
+_WHITESPACE = str.maketrans("", "", " \t\r\n")
+_URL_SAFE = str.maketrans("-_", "+/")
+_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def decode_base64(text: str) -> bytes:
+    """Standard or URL-safe base64, padded or not, with or without MIME line breaks; ValueError
+    saying what is wrong (never quoting more than the offending character)."""
+    compact = text.translate(_WHITESPACE)
+    if "-" in compact or "_" in compact:
+        if "+" in compact or "/" in compact:
+            raise ValueError("it mixes the standard (+/) and URL-safe (-_) alphabets")
+        compact = compact.translate(_URL_SAFE)
+    body = compact.rstrip("=")
+    if len(compact) - len(body) > 2:
+        raise ValueError("more than two '=' padding characters")
+    bad = next((i for i, c in enumerate(body) if c not in _ALPHABET), None)
+    if bad is not None:
+        char = body[bad]
+        shown = repr(char) if char.isprintable() and char.isascii() else f"U+{ord(char):04X}"
+        raise ValueError(f"character {shown} at position {bad} is not in the base64 alphabet")
+    if len(body) % 4 == 1:
+        raise ValueError(f"{len(body)} base64 characters cannot encode whole bytes (truncated?)")
+    return base64.b64decode(body + "=" * (-len(body) % 4))
+
+
 class BadRequest(InvalidInput):
     """A client error (HTTP 400); `reason` is the metrics label, the message names the bad item."""
 
@@ -52,13 +78,16 @@ class BadRequest(InvalidInput):
 class RequestParser:
     """Instances (not yet decoded) from V1 bodies and v2 InferRequests, within the limits."""
 
-    def __init__(self, config: ServingConfig, *, text_only: bool = False, model_inputs=()):
+    def __init__(self, config: ServingConfig, *, text_only: bool = False, model_inputs=(), outputs=()):
         self.config = config
         self.text_only = text_only
         self.model_inputs = sorted(model_inputs)
+        self.outputs = list(outputs)   # v2 output names a request may ask for
 
     def parse(self, payload: Any) -> tuple[list[Instance], bool]:
         """Instances from a V1 dict or a v2 InferRequest; the flag says v2."""
+        if isinstance(payload, InferRequest):
+            self._check_outputs(payload)
         if self.text_only:
             return self._parse_text_only(payload)
         if isinstance(payload, InferRequest):
@@ -111,9 +140,10 @@ class RequestParser:
             raise BadRequest("wrong_type", f"{where}: unknown fields {unknown[:10]}")
 
     def _audio_bytes(self, value: Any, where: str) -> bytes:
-        if isinstance(value, (bytes, bytearray)):
+        limit = self.config.max_request_bytes
+        if isinstance(value, (bytes, bytearray)):  # v2 binary tensor extension: the file itself
             raw = bytes(value)
-            try:  # v2 BYTES may arrive as the base64 text itself
+            try:  # ... or its base64 text, sent as binary
                 return base64.b64decode(raw, validate=True)
             except (binascii.Error, ValueError):
                 return raw
@@ -121,20 +151,22 @@ class RequestParser:
             raise BadRequest("wrong_type", f"{where}: 'audio' must be a base64 string, got {type(value).__name__}")
         if not value:
             raise BadRequest("empty", f"{where}: 'audio' is empty")
-        if len(value) > self.config.max_request_bytes * 4 // 3 + 4:
-            raise BadRequest("too_large", f"{where}: audio is larger than the limit of "
-                                          f"{self.config.max_request_bytes} bytes")
+        if len(value) > limit * 4 // 3 + limit // 38 + 8:  # base64 with MIME line breaks
+            raise BadRequest("too_large", f"{where}: audio is larger than the limit of {limit} bytes")
         try:
-            return base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise BadRequest("bad_base64", f"{where}: 'audio' is not valid base64") from None
+            return decode_base64(value)
+        except ValueError as exc:
+            raise BadRequest("bad_base64", f"{where}: 'audio' is not valid base64 ({exc})") from None
 
     @staticmethod
     def _text(value: Any, field_name: str, limit: int, where: str) -> str | None:
         if value is None:
             return None
         if isinstance(value, (bytes, bytearray)):
-            value = bytes(value).decode("utf-8", "replace")
+            try:
+                value = bytes(value).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise BadRequest("wrong_type", f"{where}: {field_name!r} is not valid UTF-8 (byte {exc.start})") from None
         if not isinstance(value, str):
             raise BadRequest("wrong_type", f"{where}: {field_name!r} must be a string, got {type(value).__name__}")
         if len(value) > limit:
@@ -184,6 +216,20 @@ class RequestParser:
             raise BadRequest(missing_reason, "V1 request: 'instances' must be a non-empty list")
         self._check_count(len(instances), "V1 request")
         return instances
+
+    def _check_outputs(self, payload: InferRequest) -> None:
+        """Requested outputs must exist; ``binary_data`` / ``binary_data_output`` must be booleans."""
+        flag = (payload.parameters or {}).get("binary_data_output", False)
+        if not isinstance(flag, bool):
+            raise BadRequest("wrong_type", f"v2 request: parameter 'binary_data_output' must be a boolean, "
+                                           f"got {type(flag).__name__}")
+        for i, out in enumerate(payload.request_outputs or []):
+            if out.name not in self.outputs:
+                raise BadRequest("unknown_output", f"v2 request: outputs[{i}] {str(out.name)[:40]!r} is not an "
+                                                   f"output of this model (outputs: {self.outputs})")
+            params = out.parameters if out.parameters is not None else {}
+            if not isinstance(params, dict) or not isinstance(params.get("binary_data", False), bool):
+                raise BadRequest("wrong_type", f"v2 request: outputs[{i}] parameter 'binary_data' must be a boolean")
 
     @staticmethod
     def _v2_inputs(payload: InferRequest) -> dict:

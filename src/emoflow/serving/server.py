@@ -19,13 +19,13 @@ import threading
 
 from kserve import ModelServer
 from kserve.errors import InvalidInput, ModelNotReady
-from kserve.protocol.dataplane import DataPlane
-from kserve.protocol.rest.server import RESTServer
+
+from emoflow.serving.oip import OIPDataPlane, OIPRESTServer
 
 log = logging.getLogger("emoflow.serving")
 
 
-class ReadinessDataPlane(DataPlane):
+class ReadinessDataPlane(OIPDataPlane):
     async def ready(self) -> bool:
         models = self.model_registry.get_models()
         return bool(models) and all(m.ready for m in models.values())
@@ -100,7 +100,7 @@ class BodyLimitMiddleware:
         return await self.app(scope, replay_receive, send)
 
 
-class LimitedRESTServer(RESTServer):
+class LimitedRESTServer(OIPRESTServer):
     def __init__(self, *args, body_limit: int = 0, body_hint: str = "", **kwargs):
         super().__init__(*args, **kwargs)
         self.body_limit = body_limit
