@@ -71,7 +71,8 @@ def _validation_summary(errors: list[dict], limit: int = 5) -> str:
     """Pydantic/FastAPI validation errors as 'where: what', without the offending input."""
     parts = []
     for e in errors[:limit]:
-        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+        loc = ".".join(str(x) if len(str(x)) <= 32 else f"<{len(str(x))} characters>"
+                       for x in e.get("loc", ()) if x != "body")
         parts.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
     more = f" (and {len(errors) - limit} more)" if len(errors) > limit else ""
     return "; ".join(parts) + more
@@ -284,10 +285,8 @@ class ProtocolMiddleware:
         headers = [(k, v) for k, v in scope["headers"]]
         names = {k.lower() for k, _ in headers}
         if BINARY_HEADER.encode() not in names:  # a JSON body whatever the Content-Type says
-            ctype = next((v for k, v in headers if k.lower() == b"content-type"), b"").split(b";")[0].strip().lower()
-            if not (ctype == b"application/json" or ctype.endswith(b"+json")):
-                headers = [(k, v) for k, v in headers if k.lower() != b"content-type"]
-                headers.append((b"content-type", b"application/json"))
+            headers = [(k, v) for k, v in headers if k.lower() != b"content-type"]
+            headers.append((b"content-type", b"application/json"))
         encoding = next((v for k, v in headers if k.lower() == b"content-encoding"), b"").decode("latin-1")
         codings = [c.strip().lower() for c in encoding.split(",") if c.strip() and c.strip().lower() != "identity"]
         if not codings:

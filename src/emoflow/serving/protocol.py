@@ -67,6 +67,12 @@ def decode_base64(text: str) -> bytes:
     return base64.b64decode(body + "=" * (-len(body) % 4))
 
 
+def shown(value: Any, limit: int = 32) -> str:
+    """A client-given name or value fit for a message: its repr when short, else its length only."""
+    text = repr(value) if isinstance(value, str) else repr(str(value))
+    return text if len(text) <= limit and text.isprintable() else f"<{len(str(value))} characters>"
+
+
 class BadRequest(InvalidInput):
     """A client error (HTTP 400); `reason` is the metrics label, the message names the bad item."""
 
@@ -135,9 +141,10 @@ class RequestParser:
     # -- fields ----------------------------------------------------------------------------------
     @staticmethod
     def _no_unknown_fields(inst: dict, allowed: set[str], where: str) -> None:
-        unknown = sorted(str(k)[:40] for k in set(inst) - allowed)
+        unknown = sorted(shown(k) for k in set(inst) - allowed)
         if unknown:
-            raise BadRequest("wrong_type", f"{where}: unknown fields {unknown[:10]}")
+            raise BadRequest("wrong_type", f"{where}: unknown fields {', '.join(unknown[:10])} "
+                                           f"(allowed: {', '.join(sorted(allowed))})")
 
     def _audio_bytes(self, value: Any, where: str) -> bytes:
         limit = self.config.max_request_bytes
@@ -225,7 +232,7 @@ class RequestParser:
                                            f"got {type(flag).__name__}")
         for i, out in enumerate(payload.request_outputs or []):
             if out.name not in self.outputs:
-                raise BadRequest("unknown_output", f"v2 request: outputs[{i}] {str(out.name)[:40]!r} is not an "
+                raise BadRequest("unknown_output", f"v2 request: outputs[{i}] {shown(out.name)} is not an "
                                                    f"output of this model (outputs: {self.outputs})")
             params = out.parameters if out.parameters is not None else {}
             if not isinstance(params, dict) or not isinstance(params.get("binary_data", False), bool):
@@ -235,14 +242,16 @@ class RequestParser:
     def _v2_inputs(payload: InferRequest) -> dict:
         names = [inp.name for inp in payload.inputs]
         if len(set(names)) != len(names):
-            raise BadRequest("wrong_type", f"v2 request: duplicate input names {sorted(names)[:10]}")
+            raise BadRequest("wrong_type", f"v2 request: duplicate input names "
+                                           f"{', '.join(sorted({shown(n) for n in names if names.count(n) > 1}))}")
         return {inp.name: inp for inp in payload.inputs}
 
     def _v2_columns(self, inputs: dict, main: str, allowed: set[str]) -> tuple[dict[str, list], int]:
         """Each input's values; all as many as the `main` input's (at least one, within the limit)."""
         unknown = sorted(set(inputs) - allowed)
         if unknown:
-            raise BadRequest("wrong_type", f"v2 request: unknown inputs {[str(u)[:40] for u in unknown[:10]]}")
+            raise BadRequest("wrong_type", f"v2 request: unknown inputs {', '.join(shown(u) for u in unknown[:10])} "
+                                           f"(allowed: {', '.join(sorted(allowed))})")
         columns = {name: self._v2_values(inp) for name, inp in inputs.items()}
         n = len(columns[main])
         for name, vals in columns.items():
@@ -257,7 +266,7 @@ class RequestParser:
     def _v2_values(inp: Any) -> list:
         name = inp.name
         if inp.datatype != "BYTES":
-            raise BadRequest("wrong_type", f"v2 input {name!r}: datatype must be BYTES, got {str(inp.datatype)[:20]}")
+            raise BadRequest("wrong_type", f"v2 input {shown(name)}: datatype must be BYTES, got {shown(inp.datatype)}")
         try:
             values = inp.data
         except Exception as exc:  # noqa: BLE001 (KServe converts binary data lazily)
@@ -270,7 +279,7 @@ class RequestParser:
         if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                                             for d in shape):
             raise BadRequest("wrong_type", f"v2 input {name!r}: shape must be a list of non-negative integers, "
-                                           f"got {str(shape)[:60]}")
+                                           f"got {shown(shape, 60)}")
         if any(isinstance(v, list) for v in values):  # nested (row-major) form, [rows, columns]
             rows_ok = all(isinstance(v, list) for v in values) and len({len(v) for v in values}) == 1
             if not rows_ok or len(shape) != 2 or shape[0] != len(values):
