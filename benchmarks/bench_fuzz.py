@@ -7,6 +7,13 @@ shapes, nested and mismatched v2 data, unicode (emoji, RTL, zero-width, NUL, lon
 text, too many instances, deep JSON nesting, the v2 binary extension with lying sizes. After the
 run the server must still be ready and still answer a valid request with 200.
 
+Protocol cases (``protocol_cases``, issue 15 items 2, 3, 5, 6), each with the statuses it may get:
+raw WAV through the binary extension, payload-echo probes (a marker in every field; the answer
+must not contain it and must be at most 4 KB), loud float audio in a batch with a good clip,
+Content-Types (curl's form type, charsets, capitals, none), gzip/deflate bodies, a gzip bomb,
+unknown encodings, base64 in MIME/URL-safe/unpadded form, requested outputs, versioned routes,
+404/405 error objects. Reported per kind: statuses, largest body, 5xx count.
+
     python benchmarks/bench_fuzz.py [--requests 1200] [--seed 0] [--concurrency 4] [--url URL]
 
 Without --url a tiny A1 model (random init) is registered in a temporary store and served by
@@ -227,6 +234,101 @@ def _nan_wav() -> bytes:
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
+ECHO_MARKER = "ECHO-PROBE-"
+MAX_ERROR_BODY = 4096
+
+
+def _loud_wav(amplitude: float = 1e18) -> bytes:
+    """0.5 s of a float WAV at an absurd amplitude (its features overflow to NaN)."""
+    data = (amplitude * np.sin(np.arange(8000) / 8.0)).astype("<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, 16000, 16000 * 4, 4, 32)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def _binary_v2(raw: bytes) -> tuple[bytes, dict]:
+    header = json.dumps({"inputs": [{"name": "audio", "shape": [1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(raw) + 4}}]}).encode()
+    return header + struct.pack("<I", len(raw)) + raw, {"inference-header-content-length": str(len(header)),
+                                                        "content-type": "application/octet-stream"}
+
+
+def protocol_cases() -> list[tuple[str, str, str, bytes, dict, set]]:
+    """(kind, method, path, body, headers, allowed statuses) for the protocol defects of issue 15."""
+    import gzip
+    import zlib
+
+    wav = _audio(1.0)
+    good = _b64(wav)
+    v1 = lambda *insts: json.dumps({"instances": list(insts)}).encode()  # noqa: E731
+    v2 = lambda data, **kw: json.dumps({"inputs": [{"name": "audio", "shape": [len(data)], "datatype": "BYTES",  # noqa: E731
+                                                    "data": data}], **kw}).encode()
+    blob = (ECHO_MARKER + "x" * 1000) * 250
+    noise = (ECHO_MARKER.encode() + bytes(range(256)) * 4) * 250
+    ok, bad = {200}, {400}
+    cases = [
+        ("binary_raw_wav", "POST", V2, *_binary_v2(_audio(2.0)), ok),
+        ("binary_not_audio_echo", "POST", V2, *_binary_v2(noise), bad),
+        ("v1_not_audio_echo", "POST", V1, v1({"audio": _b64(noise)}), JSON, bad),
+        ("v2_bad_structure_echo", "POST", V2, json.dumps({"inputs": [{"name": "audio", "shape": blob}]}).encode(), JSON, bad),
+        ("v1_unknown_field_echo", "POST", V1, v1({"audio": good, blob: 1}), JSON, bad),
+        ("v2_invalid_json_echo", "POST", V2, ('{"inputs": [' + blob).encode(), JSON, bad),
+        ("loud_float_wav_in_batch", "POST", V1, v1({"audio": good}, {"audio": _b64(_loud_wav())}), JSON, bad),
+        ("loud_float_wav_v2", "POST", V2, v2([good, _b64(_loud_wav())]), JSON, bad),
+        ("unknown_requested_output", "POST", V2, v2([good], outputs=[{"name": "colour"}]), JSON, bad),
+        ("requested_outputs_binary", "POST", V2, v2([good], outputs=[{"name": "probabilities",
+                                                                    "parameters": {"binary_data": True}}]), JSON, ok),
+        ("versioned_infer", "POST", "/v2/models/emoflow/versions/v1/infer", v2([good]), JSON, ok),
+        ("other_version_infer", "POST", "/v2/models/emoflow/versions/v999/infer", v2([good]), JSON, {404}),
+        ("model_metadata", "GET", "/v2/models/emoflow", b"", {}, ok),
+        ("versioned_metadata", "GET", "/v2/models/emoflow/versions/v1", b"", {}, ok),
+        ("unknown_route", "GET", "/v2/models/emoflow/nowhere", b"", {}, {404}),
+        ("wrong_method", "DELETE", V2, b"", {}, {405}),
+        ("gzip_bomb", "POST", V1, gzip.compress(b"{" + b" " * 50_000_000 + b"}"),
+         {**JSON, "content-encoding": "gzip"}, {413}),
+        ("gzip_body", "POST", V1, gzip.compress(v1({"audio": good})), {**JSON, "content-encoding": "gzip"}, ok),
+        ("deflate_body", "POST", V2, zlib.compress(v2([good])), {**JSON, "content-encoding": "deflate"}, ok),
+        ("brotli_body", "POST", V1, b"\x8b\x02\x80{}\x03", {**JSON, "content-encoding": "br"}, {415}),
+        ("truncated_gzip", "POST", V1, gzip.compress(v1({"audio": good}))[:-20], {**JSON, "content-encoding": "gzip"}, bad),
+    ]
+    for ctype in ("application/x-www-form-urlencoded", "application/json; charset=utf-8", "Application/JSON", None):
+        headers = {"content-type": ctype} if ctype else {}
+        cases.append((f"content_type_{(ctype or 'none').split(';')[0].split('/')[-1].lower()}", "POST", V1,
+                      v1({"audio": good}), headers, ok))
+        cases.append((f"content_type_{(ctype or 'none').split(';')[0].split('/')[-1].lower()}_v2", "POST", V2,
+                      v2([good]), headers, ok))
+    for name, text in (("mime", base64.encodebytes(wav).decode()), ("urlsafe", base64.urlsafe_b64encode(wav).decode()),
+                       ("unpadded", good.rstrip("="))):
+        cases.append((f"base64_{name}", "POST", V2, v2([text]), JSON, ok))
+    cases.append(("base64_bad_char", "POST", V1, v1({"audio": good[:10] + "*" + good[11:]}), JSON, bad))
+    return cases
+
+
+def run_protocol_cases(url: str, cases, timeout: float = 60.0) -> dict:
+    """Send each case on one keep-alive client; per kind: statuses and largest body; failures:
+    an unexpected status, an error body over MAX_ERROR_BODY or echoing the payload, a 5xx."""
+    import httpx
+
+    kinds: dict[str, dict] = {}
+    failures: list[tuple[str, str]] = []
+    with httpx.Client(base_url=url, timeout=timeout) as client:
+        for name, method, path, body, headers, allowed in cases:
+            try:
+                r = client.request(method, path, content=body or None, headers=headers)
+            except httpx.HTTPError as exc:
+                failures.append((name, f"transport: {type(exc).__name__}"))
+                continue
+            k = kinds.setdefault(name, {"statuses": Counter(), "max_body": 0})
+            k["statuses"][r.status_code] += 1
+            k["max_body"] = max(k["max_body"], len(r.content))
+            if r.status_code not in allowed:
+                failures.append((name, f"{r.status_code} (expected {sorted(allowed)}): {r.text[:200]}"))
+            if r.status_code >= 400 and (len(r.content) > MAX_ERROR_BODY or ECHO_MARKER.encode() in r.content):
+                failures.append((name, f"error body of {len(r.content)} bytes{' echoing the payload' if ECHO_MARKER.encode() in r.content else ''}"))
+    n5 = sum(v for k in kinds.values() for s, v in k["statuses"].items() if s >= 500)
+    return {"kinds": kinds, "failures": failures, "5xx": n5}
+
+
 def run_fuzz(url: str, cases, concurrency: int = 4, timeout: float = 60.0) -> dict:
     """Send every case; returns counts per status, the 5xx/transport failures and readiness after."""
     import httpx
@@ -266,6 +368,7 @@ def main(argv=None) -> int:
     kinds = Counter(name for name, *_ in cases)
     if args.url:
         result, took = _timed(run_fuzz, args.url, cases, args.concurrency)
+        proto = run_protocol_cases(args.url, protocol_cases())
     else:
         sys.path.insert(0, str(REPO / "benchmarks"))
         from bench_serving import _free_port, register
@@ -278,6 +381,7 @@ def main(argv=None) -> int:
             reap_in_background(int((Path(os.environ["EMOFLOW_HOME"]) / "serve" / f"{port}.pid").read_text()))
             try:
                 result, took = _timed(run_fuzz, url, cases, args.concurrency)
+                proto = run_protocol_cases(url, protocol_cases())
             finally:
                 stop_local_server(port)
     print(f"R2 fuzz: {len(cases)} malformed requests (seed {args.seed}) in {took:.1f} s, {len(kinds)} kinds")
@@ -287,7 +391,13 @@ def main(argv=None) -> int:
     print(f"  5xx or transport errors: {n5}; ready after: {result['ready_after']}; valid request after: {result['valid_after']}")
     for name, text in result["failures"][:20]:
         print(f"  FAIL {name}: {text}")
-    ok = not result["failures"] and result["ready_after"] == 200 and result["valid_after"] == 200
+    print(f"  protocol cases ({len(proto['kinds'])} kinds, 5xx: {proto['5xx']}):")
+    for name, k in sorted(proto["kinds"].items()):
+        print(f"    {name:32s} statuses {dict(k['statuses'])} largest body {k['max_body']} B")
+    for name, text in proto["failures"][:20]:
+        print(f"  FAIL {name}: {text}")
+    ok = not result["failures"] and result["ready_after"] == 200 and result["valid_after"] == 200 \
+        and not proto["failures"]
     print("R2", "PASS" if ok else "FAIL")
     return 0 if ok else 1
 

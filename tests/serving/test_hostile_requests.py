@@ -135,7 +135,8 @@ def test_loud_audio_is_the_clients_400_naming_it_and_counts_nothing(server, prot
                                                        "data": [good, loud]}]}, timeout=30)
         where = "inputs[audio][1]"
     assert r.status_code == 400, r.text
-    assert where in r.json()["error"] and "not finite" in r.json()["error"]
+    # refused by the decoder (absurd amplitude) or, failing that, by the features' finiteness check
+    assert where in r.json()["error"] and re.search("amplitude|not finite", r.json()["error"])
     assert predictions_total(url) == before  # the good instance of a refused request is not counted
     assert httpx.post(f"{url}{V1}", json={"instances": [{"audio": good}]}, timeout=30).status_code == 200
     assert predictions_total(url) == before + 1
@@ -275,7 +276,8 @@ def test_the_readme_curl_command_works(server, tmp_path):
 
 
 @pytest.mark.parametrize("encoding, compress", [
-    ("gzip", gzip.compress), ("deflate", zlib.compress), ("GZip, identity", gzip.compress)])
+    ("gzip", gzip.compress), ("deflate", zlib.compress), ("GZip, identity", gzip.compress)],
+    ids=["gzip", "deflate", "gzip-identity"])
 def test_compressed_bodies_are_decompressed(server, encoding, compress):
     url, _ = server
     body = json.dumps({"instances": [{"audio": b64(wav_bytes())}]}).encode()
@@ -290,7 +292,7 @@ def test_compressed_bodies_are_decompressed(server, encoding, compress):
     ("gzip", gzip.compress(b"{" + b" " * 20_000_000 + b"}"), 413, "decompresses to more than"),  # 20 MB bomb
     ("gzip", gzip.compress(b'{"instances": []}')[:-12], 400, "not valid gzip"),
     ("deflate", b"not deflate at all", 400, "not valid deflate"),
-])
+], ids=["br", "zstd", "gzip-bomb", "gzip-truncated", "deflate-garbage"])
 def test_unsupported_or_bad_encodings_are_named(server, encoding, body, status, words):
     url, _ = server
     r = httpx.post(f"{url}{V1}", content=body, headers={"content-type": "application/json",
