@@ -215,6 +215,30 @@ def test_an_unhandled_exception_is_a_complete_500_and_the_connection_lives():
         thread.join(10)
 
 
+def test_validation_errors_are_422_error_objects_without_the_input():
+    """FastAPI's 422 for a typed body echoes the input; ours names the field only."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from pydantic import BaseModel
+
+    from emoflow.serving.oip import add_exception_handlers
+
+    class Body(BaseModel):
+        count: int
+
+    app = FastAPI()
+
+    @app.post("/typed")
+    async def typed(body: Body):
+        return {"count": body.count}
+
+    add_exception_handlers(app)
+    r = TestClient(app).post("/typed", json={"count": MARKER * 1000})
+    assert r.status_code == 422
+    assert set(r.json()) == {"error"} and "count" in r.json()["error"]
+    assert MARKER not in r.text and len(r.content) < 4096
+
+
 def test_non_finite_outputs_refuse_only_their_request_in_process(tmp_path, monkeypatch):
     from emoflow.monitoring.metrics import PredictionMetrics
     from emoflow.serving.predictor import EmotionPredictor

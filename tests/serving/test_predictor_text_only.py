@@ -60,6 +60,14 @@ def test_load_needs_no_logmel_config(served):
     assert "text-only" in MODES
 
 
+def test_metadata_declares_text_inputs_only(served):
+    meta = served["p"].metadata()
+    assert [(i["name"], i["datatype"], i["shape"]) for i in meta["inputs"]] == [
+        ("text", "BYTES", [-1]), ("speaker", "BYTES", [-1])]
+    assert meta["versions"] == ["v1"] and meta["platform"]
+    assert {o["name"] for o in meta["outputs"]} >= {"label", "probabilities", "mode", "protocol"}
+
+
 def test_v1_text_only_matches_the_models_forward(served):
     p, model = served["p"], served["model"]
     res = run(p, {"instances": [{"text": t} for t in TEXTS[:2]] + [{"text": TEXTS[2], "speaker": "alice"}]})
