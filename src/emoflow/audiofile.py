@@ -77,9 +77,10 @@ def describe(source) -> str:
     return str(source)
 
 
-def _clean(text: str, name: str) -> str:
-    """A third-party error message fit to show: object reprs replaced by the source's name."""
-    return _OBJECT_REPR.sub(name, str(text))[:300]
+def _clean(exc: BaseException) -> str:
+    """A third-party error message fit to show: object reprs (heap addresses) replaced, capped."""
+    text = getattr(exc, "strerror", None) or str(exc)  # PyAV: the reason without errno and file name
+    return _OBJECT_REPR.sub("the input", str(text))[:300]
 
 
 def _extension(name: str) -> str:
@@ -278,14 +279,14 @@ def _run(source, limits: DecodeLimits, name: str | None, start, end, mono: bool,
         except AudioError:
             raise
         except Exception as exc:  # noqa: BLE001 (libsndfile raises several types on garbage)
-            errors.append(f"soundfile: {_clean(exc, name)}")
+            errors.append(f"soundfile: {_clean(exc)}")
     try:
         return _av(opener, name, limits, start, end, mono, header_only)
     except AudioError:
         raise
     except Exception as exc:  # noqa: BLE001 (FFmpeg raises many types on garbage input)
-        errors.append(f"av: {type(exc).__name__}: {_clean(exc, name)}")
-    raise AudioError(f"{name}: cannot decode audio ({'; '.join(errors)})", "undecodable_audio")
+        errors.append(f"av: {_clean(exc)}")
+    raise AudioError(f"{name}: could not be decoded as audio ({'; '.join(errors)})", "undecodable_audio")
 
 
 def probe(source, limits: DecodeLimits = DecodeLimits(), *, name: str | None = None,

@@ -25,17 +25,18 @@ import gc
 import json
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from emoflow.serving.decoding import SAMPLE_RATE, decode_audio_bounded
+from emoflow.audiofile import AudioError, decode_mono
 from emoflow.serving.settings import ServingConfig
 
 log = logging.getLogger("emoflow.serving")
 
+SAMPLE_RATE = 16000
 MODES = ("audio+text", "audio-only", "asr-text", "text-only")
 # model inputs that carry audio: a model with none of them is served text-only
 AUDIO_INPUTS = ("logmel", "wave", "speech_emb")
@@ -231,15 +232,14 @@ class EmotionModel:
         """Decode the instance's audio within the limits, compute its features and decide its mode
         (raises InstanceError naming it). Text-only instances need nothing."""
         from emoflow.audio.logmel import logmel
-        from emoflow.serving.decoding import ClientAudioError
 
         if inst.mode == "text-only":
             return
         limits = self.config
         try:
-            wave = decode_audio_bounded(inst.audio, limits.max_audio_seconds)
-        except ClientAudioError as exc:
-            raise InstanceError(exc.reason, f"{inst.where}: {exc}") from None
+            wave = decode_mono(inst.audio, SAMPLE_RATE, limits.decode_limits, name=f"{inst.where}: audio")
+        except AudioError as exc:
+            raise InstanceError(exc.reason, str(exc)) from None
         seconds = len(wave) / SAMPLE_RATE
         if seconds > limits.max_audio_seconds:
             raise InstanceError("too_long", f"{inst.where}: audio is {seconds:.1f} s, the limit is "

@@ -31,6 +31,7 @@ from typing import Any
 
 from kserve import Model
 
+from emoflow.serving.admission import Hold, TooLarge, budget_for, reserve_audio
 from emoflow.serving.batcher import BATCH_SIZE, MicroBatcher
 from emoflow.serving.model import EmotionModel, Instance, InstanceError
 from emoflow.serving.protocol import BadRequest, RequestParser
@@ -52,6 +53,7 @@ class EmotionPredictor(Model):
         self.metrics = metrics
         self.runner = EmotionModel(self.config)
         self.parser = RequestParser(self.config)
+        self.budget = budget_for(self.config)  # memory in flight, shared with the HTTP edge
         # decoding/features run on `prep_threads` threads and batches on `model_workers` threads,
         # so neither blocks the event loop
         self._prep_pool = concurrent.futures.ThreadPoolExecutor(
@@ -102,10 +104,16 @@ class EmotionPredictor(Model):
                 "inputs": self.get_input_types(), "outputs": self.get_output_types()}
 
     # -- requests --------------------------------------------------------------------------------
-    def parse(self, payload: Any) -> tuple[list[Instance], bool]:
+    def parse(self, payload: Any, hold: Hold | None = None) -> tuple[list[Instance], bool]:
         """Instances of a V1 dict or v2 InferRequest, decoded and ready to run; the flag says v2.
-        Raises BadRequest naming the first bad instance."""
+        With a `hold`, their decoded memory is reserved first (emoflow.serving.admission: raises
+        Overloaded). Raises BadRequest naming the first bad instance."""
         instances, is_v2 = self.parser.parse(payload)
+        if hold is not None:
+            try:
+                reserve_audio(hold, instances, self.config)
+            except TooLarge as exc:
+                raise BadRequest("too_large", str(exc)) from None
         for inst in instances:
             try:
                 self.runner.prepare(inst)
@@ -113,8 +121,8 @@ class EmotionPredictor(Model):
                 raise BadRequest(exc.reason, str(exc)) from None
         return instances, is_v2
 
-    def _parse_and_run(self, payload: Any) -> tuple[list[Instance], bool, list]:
-        instances, is_v2 = self.parse(payload)
+    def _parse_and_run(self, payload: Any, hold: Hold) -> tuple[list[Instance], bool, list]:
+        instances, is_v2 = self.parse(payload, hold)
         return instances, is_v2, self.runner.run_batch(instances)
 
     async def predict(self, payload: Any, headers: dict | None = None, response_headers: dict | None = None):
@@ -126,15 +134,22 @@ class EmotionPredictor(Model):
             raise
 
     async def _predict(self, payload: Any):
+        hold = Hold(self.budget)
+        try:
+            return await self._predict_within(payload, hold)
+        finally:
+            hold.release()
+
+    async def _predict_within(self, payload: Any, hold: Hold):
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         if self.config.fast_path and self.batcher.idle():
             # nothing else in flight: decode and run in one hop to the model thread
-            instances, is_v2, results = await self.batcher.run_alone(self._parse_and_run, payload)
+            instances, is_v2, results = await self.batcher.run_alone(self._parse_and_run, payload, hold)
         else:
             self.batcher.incoming += 1  # lets the batcher wait for this request while it is decoded
             try:
-                instances, is_v2 = await loop.run_in_executor(self._prep_pool, self.parse, payload)
+                instances, is_v2 = await loop.run_in_executor(self._prep_pool, self.parse, payload, hold)
             finally:
                 self.batcher.incoming -= 1
             results = await self.batcher.submit(instances)

@@ -15,6 +15,8 @@ import os
 import typing
 from dataclasses import dataclass, field
 
+from emoflow.audiofile import DecodeLimits
+
 SPEAKER_NORM = ("auto", "on", "off")
 
 
@@ -50,6 +52,18 @@ class ServingConfig:
     max_instances: int = _flag(64, help="instances per request")
     max_text_chars: int = _flag(2000, help="characters of 'text' per instance")
     max_speaker_chars: int = _flag(200, help="characters of 'speaker' per instance")
+    max_request_audio_seconds: float = _flag(300.0, help="decoded audio per request, summed over its instances "
+                                                         "(from the headers, before decoding)")
+    # memory in flight and slow clients (emoflow.serving.admission, emoflow.serving.edge)
+    memory_budget_mb: float = _flag(2048.0, help="estimated memory of all requests in flight (bodies, decoded "
+                                                 "audio, features, model activations); a request that does not "
+                                                 "fit now gets 503 with Retry-After; 0: no limit")
+    model_mb_per_audio_second: float = _flag(3.0, help="model activation memory per second of audio in a batch "
+                                                       "(the admission estimate; A1 paper needs about 2.4 on CPU)")
+    retry_after_s: int = _flag(1, help="Retry-After of a 503 when the memory budget is full")
+    header_timeout_s: float = _flag(10.0, help="a request's headers must arrive within this (else 408, closed)")
+    body_timeout_s: float = _flag(30.0, help="a request's body must arrive within this once its headers have "
+                                             "(else 408, closed)")
     # batching and threads
     max_batch_size: int = _flag(16, help="instances per model batch")
     max_wait_ms: float = _flag(2.0, help="wait for more instances only while other requests are being decoded")
@@ -77,6 +91,12 @@ class ServingConfig:
     def max_body_bytes(self) -> int:
         """Largest HTTP body accepted: the audio limit in base64 plus room for JSON and text."""
         return self.max_request_bytes * 4 // 3 + 64 * 1024
+
+    @property
+    def decode_limits(self) -> DecodeLimits:
+        """The audio decoder's limits for one instance."""
+        return DecodeLimits(max_seconds=self.max_audio_seconds, max_encoded_bytes=self.max_request_bytes,
+                            max_samples=int(self.max_audio_seconds * 384000 * 2))
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServingConfig:
