@@ -14,9 +14,8 @@ import httpx
 import numpy as np
 import pytest
 
-from emoflow.serving.local import start_local_server, stop_local_server
 from serving import oip_schema
-from serving.serving_helpers import LABELS, b64, free_port, register_tiny_model, wav_bytes
+from serving.serving_helpers import LABELS, b64, tiny_server, wav_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -26,12 +25,8 @@ VERSION = "v1"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    store = register_tiny_model(tmp_path_factory.mktemp("oip"))
-    port = free_port()
-    url = start_local_server(f"{MODEL}@production", store, host="127.0.0.1", port=port,
-                             extra_args=["--max_audio_seconds", "3", "--max_request_bytes", "400000"])
-    yield url
-    stop_local_server(port)
+    with tiny_server(tmp_path_factory.mktemp("oip"), "--max_audio_seconds", "3", "--max_request_bytes", "400000") as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")
