@@ -153,6 +153,8 @@ class OIPDataPlane(DataPlane):
 
     async def model_metadata(self, model_name: str) -> dict:
         model = self.get_model_from_registry(model_name)
+        if not model.ready:  # its inputs, outputs and version are known once it is loaded
+            raise ModelNotReady(model_name)
         describe = getattr(model, "metadata", None)
         return describe() if callable(describe) else await super().model_metadata(model_name)
 
@@ -162,6 +164,8 @@ def _served_version(dataplane: DataPlane, model_name: str, version: str | None) 
     if version is None:
         return
     model = dataplane.get_model_from_registry(model_name)
+    if not model.ready:  # the version is known once it is loaded
+        raise ModelNotReady(model_name)
     served = str(getattr(model, "version", ""))
     if version != served:
         raise ModelNotFound(f"{model_name} version {version[:40]} (this server serves version {served})")
