@@ -282,6 +282,13 @@ def test_a_json_body_is_json_whatever_the_content_type(server, path, ctype):
     assert r.status_code == 200, r.text
 
 
+def test_binary_extension_on_v1_says_it_is_for_v2(server):
+    url, _ = server
+    body, headers = binary_v2(wav_bytes())
+    r = httpx.post(f"{url}{V1}", content=body, headers=headers, timeout=30)
+    assert r.status_code == 400 and "v2 /infer only" in r.json()["error"]
+
+
 def test_the_readme_curl_command_works(server, tmp_path):
     url, _ = server
     (tmp_path / "clip.wav").write_bytes(wav_bytes(seconds=1.0))

@@ -288,6 +288,10 @@ class ProtocolMiddleware:
     async def _normalise(self, scope, receive, send):
         headers = [(k, v) for k, v in scope["headers"]]
         names = {k.lower() for k, _ in headers}
+        if BINARY_HEADER.encode() in names and not scope["path"].endswith("/infer"):
+            await _send(send, error_response(400, f"the binary tensor extension ({BINARY_HEADER}) is for v2 "
+                                                  f"/infer only; V1 requests are JSON"))
+            return None, None
         if BINARY_HEADER.encode() not in names:  # a JSON body whatever the Content-Type says
             headers = [(k, v) for k, v in headers if k.lower() != b"content-type"]
             headers.append((b"content-type", b"application/json"))

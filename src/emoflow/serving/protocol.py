@@ -158,7 +158,7 @@ class RequestParser:
             raise BadRequest("wrong_type", f"{where}: 'audio' must be a base64 string, got {type(value).__name__}")
         if not value:
             raise BadRequest("empty", f"{where}: 'audio' is empty")
-        if len(value) > limit * 4 // 3 + limit // 38 + 8:  # base64 with MIME line breaks
+        if len(value) > limit * 4 // 3 + limit // 28 + 8:  # base64 with MIME line breaks (CRLF every 76)
             raise BadRequest("too_large", f"{where}: audio is larger than the limit of {limit} bytes")
         try:
             return decode_base64(value)
