@@ -2,8 +2,9 @@
 
 The jobs live in their own modules: ``settings`` (ServingConfig, the flags), ``protocol``
 (requests of V1, v2 and text-only models), ``responses`` (answers), ``model`` (resolve, load,
-decode + features of one instance, run a batch), ``batcher`` (the micro-batcher) and
-``__main__`` (the command line). This class wires them to KServe.
+decode + features of one instance, run a batch), ``batcher`` (the micro-batcher),
+``__main__`` (the command line) and, at the HTTP layer, ``oip`` (v2 routes, metadata, binary
+tensors, content types and encodings, bounded error answers). This class wires them to KServe.
 
 Concurrency: the event loop only parses HTTP/JSON. Audio decoding and log-mel run on
 ``prep_threads`` threads; batches run on ``model_workers`` threads with ``torch_threads`` intra-op
