@@ -567,7 +567,8 @@ def main(argv=None) -> int:
                     res["rss_end"] = server_rss_mb(pid)
             finally:
                 stop_local_server(port)
-    print(f"R2 fuzz: {len(cases)} malformed requests (seed {args.seed}) in {took:.1f} s, {len(kinds)} kinds")
+    print(f"R2 fuzz: {len(cases)} malformed requests (seed {args.seed}) in {took:.1f} s, {len(kinds)} kinds "
+          f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     print("  kinds:", ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
     print("  statuses:", ", ".join(f"{k}: {v}" for k, v in sorted(result["statuses"].items(), key=str)))
     n5 = sum(v for k, v in result["statuses"].items() if k is None or k >= 500)
