@@ -433,7 +433,8 @@ def run_resource_cases(url: str, pid: int | None, timeout: float = 300.0) -> dic
     failures: list[tuple[str, str]] = []
     small = json.dumps({"instances": [{"audio": _b64(_audio(1.0))}]}).encode()
     with httpx.Client(base_url=url, timeout=timeout, limits=httpx.Limits(max_connections=16)) as client:
-        client.post(V1, content=small, headers=JSON)  # warm: lazy imports and first-call allocations
+        for path, body, headers in ((V1, small, JSON), *(c[2:5] for c in protocol_cases() if c[0] == "binary_raw_wav")):
+            client.post(path, content=body, headers=headers)  # warm: lazy imports, first-call allocations
         time.sleep(1.5)
         start_rss = server_rss_mb(pid)
         for name, body, at_once, allowed in resource_cases():

@@ -13,9 +13,10 @@ it has been answered:
 A request that does not fit now gets 503 with ``Retry-After`` (``Overloaded``) instead of being
 queued into an out-of-memory kill; one that could never fit, even alone, is the client's error
 (``TooLarge``: 413 at the edge, 400 naming the total in the predictor). ``/v2/health/ready``
-answers 503 while a one-clip request would not fit (``MemoryBudget.saturated``). When the last
-reservation is given back, freed heap is returned to the OS (glibc ``malloc_trim``), so the
-resident size falls back near its baseline after a burst.
+answers 503 while a one-clip request would not fit (``MemoryBudget.saturated``). Half a second
+after the last reservation is given back (and nothing new arrived), a background thread returns
+freed heap to the OS (glibc ``malloc_trim``), so the resident size falls back near its baseline
+after a burst.
 
 Exported on /metrics: ``emoflow_memory_in_flight_bytes``, ``emoflow_memory_budget_bytes`` and
 ``emoflow_admission_total{stage, outcome}`` (stage ``body``/``audio``; outcome ``admitted``,
@@ -38,7 +39,7 @@ BODY_COPIES = 3
 # and their batch copy
 DECODE_BYTES_PER_SECOND = 16000 * 4 * 3
 NATIVE_BYTES_PER_SAMPLE = 4            # the decoder's float32 mono buffer at the file's own rate
-TRIM_INTERVAL_S = 1.0
+TRIM_DELAY_S = 0.5                    # idle this long after a burst: hand freed heap back to the OS
 
 try:
     from prometheus_client import Counter, Gauge
@@ -82,7 +83,8 @@ class MemoryBudget:
         self.admitted_bytes = 0   # total ever admitted
         self.counts = {"admitted": 0, "overloaded": 0, "too_large": 0}
         self._lock = threading.Lock()
-        self._last_trim = 0.0
+        self._idle = threading.Event()     # set when the last reservation is given back
+        self._trimmer: threading.Thread | None = None
         if IN_FLIGHT is not None:
             IN_FLIGHT.set_function(lambda: self.in_use)
             BUDGET.set(self.limit)
@@ -96,6 +98,7 @@ class MemoryBudget:
         """Reserve `nbytes` for `what` or raise TooLarge / Overloaded; returns the bytes reserved."""
         nbytes = max(0, int(nbytes))
         with self._lock:
+            self._idle.clear()
             if self.limit and nbytes > self.limit:
                 self.count(stage, "too_large")
                 raise TooLarge(f"{what} needs about {nbytes / 2**20:.0f} MB, more than this server's whole "
@@ -114,12 +117,23 @@ class MemoryBudget:
     def release(self, nbytes: int) -> None:
         with self._lock:
             self.in_use -= nbytes
-            idle = self.in_use == 0
-            now = time.monotonic()
-            trim = idle and now - self._last_trim >= TRIM_INTERVAL_S
-            if trim:
-                self._last_trim = now
-        if trim:  # the burst is over: hand freed heap back to the OS
+            if self.in_use == 0:
+                self._idle.set()
+                if self._trimmer is None:
+                    self._trimmer = threading.Thread(target=self._trim_when_idle, name="emoflow-trim", daemon=True)
+                    self._trimmer.start()
+
+    def _trim_when_idle(self) -> None:
+        """Off the request path: TRIM_DELAY_S after the budget went idle (and still is), return the
+        freed heap to the OS, so the resident size falls back after a burst."""
+        while True:
+            self._idle.wait()
+            time.sleep(TRIM_DELAY_S)
+            with self._lock:
+                if self.in_use:  # a new burst began: wait for its end
+                    self._idle.clear()
+                    continue
+                self._idle.clear()
             _malloc_trim()
 
     def saturated(self) -> bool:
