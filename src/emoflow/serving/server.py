@@ -1,4 +1,4 @@
-"""KServe's ModelServer with two changes a real deployment needs.
+"""KServe's ModelServer with the changes a real deployment needs.
 
 - The bind address is a parameter (KServe hard-codes 0.0.0.0; tests and workstations use 127.0.0.1).
 - The model loads in the background after the server starts, and ``/v2/health/ready`` answers 503
@@ -21,7 +21,6 @@ import threading
 
 from kserve import ModelServer
 from kserve.errors import InvalidInput, ModelNotReady
-
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from emoflow.serving.admission import MemoryBudget, Overloaded, budget_for
