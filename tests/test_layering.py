@@ -1,4 +1,4 @@
-"""The library imports only downward: config/storage → corpora → audio/text → models →
+"""The library imports only downward: config/storage/audiofile → corpora → audio/text → models →
 training/evaluation → registry → serving/monitoring → steps/cli."""
 
 import ast
@@ -7,6 +7,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "emoflow"
 LAYER = {
     "config": 0, "assets": 0, "storage": 0, "images": 0, "runconfig": 0, "work": 0, "__init__": 0,
+    "audiofile": 0,  # the one bounded audio decoder, below corpora (ingest), audio (features) and serving
     "corpora": 1,
     "audio": 2, "text": 2,
     "models": 3,

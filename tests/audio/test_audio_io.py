@@ -100,3 +100,79 @@ def test_empty_nan_and_bad_segment(tmp_path):
         load_audio(ok, start=0.8, end=0.2)
     with pytest.raises(AudioError, match="no samples"):
         load_audio(ok, start=5.0, end=6.0)
+
+
+# -- the one bounded decoder (emoflow.audiofile), shared by ingest, features and serving ---------------
+from emoflow.audiofile import DecodeLimits, decode, decode_mono, probe  # noqa: E402
+
+
+def encoded(x: np.ndarray, sr: int, fmt: str = "WAV", subtype: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, x, sr, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+def test_too_long_is_refused_from_the_header_before_any_sample_is_read(monkeypatch):
+    ogg = encoded(tone(16000, seconds=10.0), 16000, "OGG", "VORBIS")
+    assert probe(ogg).frames == 160000
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("samples were read")
+
+    monkeypatch.setattr(sf.SoundFile, "read", no_reading)
+    with pytest.raises(AudioError, match="10.0 s, the limit is 5 s") as exc:
+        decode(ogg, DecodeLimits(max_seconds=5), name="clip.ogg")
+    assert exc.value.reason == "too_long"
+    with pytest.raises(AudioError, match="samples to decode") as exc:
+        decode(encoded(tone(16000, channels=2), 16000), DecodeLimits(max_samples=20000))
+    assert exc.value.reason == "too_long"
+
+
+def test_compressed_audio_is_read_in_blocks_and_matches_a_whole_read(monkeypatch):
+    import emoflow.audiofile as audiofile
+
+    x = tone(44100, seconds=3.0, channels=2)
+    ogg = encoded(x, 44100, "OGG", "VORBIS")
+    whole, _ = sf.read(io.BytesIO(ogg), dtype="float32", always_2d=True)
+    monkeypatch.setattr(audiofile, "BLOCK_FRAMES", 4096)
+    reads = []
+    original = sf.SoundFile.read
+
+    def counting(self, frames=-1, *args, **kwargs):
+        reads.append(frames)
+        return original(self, frames, *args, **kwargs)
+
+    monkeypatch.setattr(sf.SoundFile, "read", counting)
+    stereo, sr = decode(ogg)
+    mono, _ = decode(ogg, mono=True)
+    assert sr == 44100 and stereo.shape == whole.shape and max(reads) == 4096
+    np.testing.assert_array_equal(stereo, whole)
+    np.testing.assert_allclose(mono, whole.mean(axis=1), atol=1e-6)
+
+
+@pytest.mark.parametrize("value,reason", [(1e18, "bad_amplitude"), (-2e6, "bad_amplitude"),
+                                          (np.inf, "nonfinite_samples"), (np.nan, "nonfinite_samples")])
+def test_absurd_or_nonfinite_float_samples_are_refused_with_a_reason(value, reason):
+    x = np.full(16000, 0.1, np.float32)
+    x[12345] = value
+    with pytest.raises(AudioError) as exc:
+        decode_mono(encoded(x, 16000, subtype="FLOAT"), 16000, name="loud.wav")
+    assert exc.value.reason == reason and "loud.wav" in str(exc.value)
+
+
+def test_limits_on_size_rate_channels_and_clear_messages_without_heap_addresses(tmp_path):
+    wav = encoded(tone(16000), 16000)
+    cases = [
+        (lambda: decode(wav, DecodeLimits(max_encoded_bytes=100)), "too_large"),
+        (lambda: decode(wav, DecodeLimits(min_rate=22050)), "bad_sample_rate"),
+        (lambda: decode(encoded(tone(16000, channels=4), 16000), DecodeLimits(max_channels=2)), "too_many_channels"),
+        (lambda: decode(b""), "empty_file"),
+        (lambda: decode(b"RIFF\x00\x00\x00\x00WAVEjunk" + bytes(range(256)) * 4), "undecodable_audio"),
+        (lambda: decode(tmp_path / "absent.wav"), "missing_file"),
+        (lambda: decode(wav, start=0.5, end=0.2), "bad_segment"),
+    ]
+    for run, reason in cases:
+        with pytest.raises(AudioError) as exc:
+            run()
+        assert exc.value.reason == reason, (reason, exc.value)
+        assert " at 0x" not in str(exc.value) and "BytesIO" not in str(exc.value), str(exc.value)

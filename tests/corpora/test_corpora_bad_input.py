@@ -136,6 +136,27 @@ def test_bad_audio_and_csv_rows_are_quarantined(tmp_path, store):
     assert len(store.list("audio/")) == 4 and not any(outside_sha in k for k in store.list("audio/"))
 
 
+def test_loud_float_audio_and_decoder_errors_are_quarantined_naming_the_file(tmp_path, store):
+    """A float WAV of 1e18 (which later made the predictor answer 500) is quarantined, not accepted;
+    decoder errors name the file, never an object repr with a heap address."""
+    root = tmp_path / "loud"
+    write_wav(root / "ok.wav", "ok")
+    write_wav(root / "loud.wav", data=np.full(4800, 1e18, np.float32), subtype="FLOAT")
+    loud_late = np.full(16000, 0.1, np.float32)
+    loud_late[-3] = -3e6
+    write_wav(root / "late.wav", data=loud_late, subtype="FLOAT")
+    (root / "junk.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk" + bytes(range(256)))
+    rows = [f"{n}.wav,x,happy,s1" for n in ("ok", "loud", "late", "junk")]
+    build_csv(root, rows=rows, header="path,text,label,speaker", audio=())
+    r = ingest("csv", str(root), store, options={"labels": ["happy", "sad"]}, max_bad_share=1.0)
+    assert [u.id for u in r.utterances] == ["ok"]
+    by_id = {q["id"]: q for q in r.quarantine}
+    assert by_id["loud"]["reason"] == by_id["late"]["reason"] == "bad_amplitude"
+    assert "loud.wav" in by_id["loud"]["detail"] and "1e+18" in by_id["loud"]["detail"]
+    assert by_id["junk"]["reason"] == "undecodable_audio" and "junk.wav" in by_id["junk"]["detail"]
+    assert not any(" at 0x" in q["detail"] for q in r.quarantine), r.quarantine
+
+
 def test_unknown_label_with_label_map_and_bad_numbers(tmp_path, store):
     root = build_csv(tmp_path / "c", header="path,label,speaker,start,end", rows=[
         "wav/a.wav,H,s1,0,0.2", "wav/b.wav,Q,s2,,", "wav/sub/c.flac,H,s1,zero,0.2"])

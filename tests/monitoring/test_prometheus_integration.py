@@ -231,18 +231,18 @@ def build_steerable_model(folder: Path, audio_b64: str) -> tuple[str, str]:
     (folder / "reference_distribution.json").write_text(json.dumps({"neutral": 0.5, "happy": 0.5}))
     pred = EmotionPredictor("emo", str(folder))
     pred.load()
-    results = pred._run_batch([pred._instance(audio_b64, s, None, f"s{i}") for i, s in enumerate(SENTENCES)])
+    results = pred.runner.run_batch(pred.parse({"instances": [{"audio": audio_b64, "text": s} for s in SENTENCES]})[0])
     diff = [math.log(r["probabilities"]["neutral"] / r["probabilities"]["happy"]) for r in results]
     lo, hi = int(np.argmin(diff)), int(np.argmax(diff))
     assert diff[hi] - diff[lo] > 1e-6, "sentences do not change the random model's output"
     mid, k = (diff[hi] + diff[lo]) / 2, 8.0 / (diff[hi] - diff[lo])  # rescaled log-odds: ±4
     with torch.no_grad():
-        cls = pred.model.classifier
+        cls = pred.runner.model.classifier
         cls.weight.mul_(k)
         cls.bias.mul_(k)
         cls.bias[0] -= k * mid / 2
         cls.bias[1] += k * mid / 2
-    save_model(pred.model, folder / "model")
+    save_model(pred.runner.model, folder / "model")
     return SENTENCES[hi], SENTENCES[lo]
 
 

@@ -3,6 +3,7 @@
 import base64
 import io
 import socket
+from contextlib import contextmanager
 
 import numpy as np
 import soundfile as sf
@@ -47,6 +48,21 @@ def register_tiny_model(store_dir, name: str = "emoflow", arch: str = "a1") -> s
     version = registry.register(name, files, {"arch": arch, "metric_value": 0.25})
     registry.promote(name, version, "production")
     return store_uri
+
+
+@contextmanager
+def tiny_server(root, *extra_args: str):
+    """The predictor serving a registered tiny model on 127.0.0.1 (a separate process, as
+    deployed); yields (base URL, port) and stops it afterwards."""
+    from emoflow.serving.local import start_local_server, stop_local_server
+
+    store = register_tiny_model(root)
+    port = free_port()
+    url = start_local_server("emoflow@production", store, host="127.0.0.1", port=port, extra_args=list(extra_args))
+    try:
+        yield url, port
+    finally:
+        stop_local_server(port)
 
 
 # ---- speech_emb models: a tiny corpus, the features step with real (tiny) encoders, training ----

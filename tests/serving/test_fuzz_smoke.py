@@ -8,7 +8,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from benchmarks.bench_fuzz import MAY_DECODE, make_cases, run_fuzz
+from benchmarks.bench_fuzz import MAY_DECODE, make_cases, protocol_cases, run_fuzz, run_protocol_cases
 from emoflow.config import home
 from emoflow.serving.local import start_local_server, stop_local_server
 from serving.serving_helpers import b64, free_port, register_tiny_model, wav_bytes
@@ -50,6 +50,13 @@ def test_fuzz_only_client_errors_and_still_ready(server):
     repaired = Counter(name for name, *_ in cases if name.endswith(MAY_DECODE))
     assert result["statuses"].get(200, 0) <= sum(repaired.values())
     assert result["ready_after"] == 200 and result["valid_after"] == 200
+
+
+def test_protocol_cases_of_issue_15_answer_as_expected(server):
+    """bench_fuzz's protocol cases: expected statuses, no 5xx, error bodies <= 4 KB without echo."""
+    result = run_protocol_cases(server, protocol_cases())
+    assert result["failures"] == [] and result["5xx"] == 0
+    assert len(result["kinds"]) >= 30
 
 
 @pytest.mark.parametrize("body, status, words", [

@@ -11,7 +11,9 @@ import pytest
 
 from emoflow.config import home
 from emoflow.serving.local import reap_in_background, start_local_server, stop_local_server
-from emoflow.serving.predictor import EmotionPredictor, MicroBatcher, ServingConfig
+from emoflow.serving.batcher import MicroBatcher
+from emoflow.serving.predictor import EmotionPredictor
+from emoflow.serving.settings import ServingConfig
 from serving.serving_helpers import LABELS, b64, free_port, register_tiny_model, wav_bytes
 
 
@@ -118,7 +120,7 @@ def test_predictor_batch_failure_reaches_all_requests_then_recovers(tmp_path, mo
                             config=ServingConfig(max_batch_size=8, max_wait_ms=50, fast_path=False))
     pred.load()
     body = {"instances": [{"audio": b64(wav_bytes(seconds=0.5)), "text": "hello"}]}
-    real_forward = pred.model.forward
+    real_forward = pred.runner.model.forward
     calls = []
 
     def failing_once(batch, mode="both"):
@@ -127,7 +129,7 @@ def test_predictor_batch_failure_reaches_all_requests_then_recovers(tmp_path, mo
             raise RuntimeError("simulated device fault")
         return real_forward(batch, mode=mode)
 
-    monkeypatch.setattr(pred.model, "forward", failing_once)
+    monkeypatch.setattr(pred.runner.model, "forward", failing_once)
 
     async def main():
         first = await asyncio.gather(*(pred.predict(body) for _ in range(4)), return_exceptions=True)

@@ -16,7 +16,9 @@ import torch
 from emoflow.audio.embeddings import EmbeddingError
 from emoflow.evaluation.normalization import SpeakerNormalizer, write_speaker_stats
 from emoflow.models import build_model, save_model
-from emoflow.serving.predictor import EmotionPredictor, ServingConfig, build_parser, config_from_args
+from emoflow.serving.__main__ import build_parser
+from emoflow.serving.predictor import EmotionPredictor
+from emoflow.serving.settings import ServingConfig
 from emoflow.training.data import Item, load_embedding_item, load_items, make_collate
 from serving.serving_helpers import (
     EMB_ENCODERS,
@@ -76,12 +78,12 @@ def model_probs(p: EmotionPredictor, emb: dict) -> np.ndarray:
     """The loaded model on one utterance's assembled inputs, through the training collate."""
     batch = make_collate(None)([Item(id="x", label=0, text="", dialogue="x", emb=emb)])
     with torch.inference_mode():
-        return torch.softmax(p.model(batch)["logits"].float(), -1)[0].numpy()
+        return torch.softmax(p.runner.model(batch)["logits"].float(), -1)[0].numpy()
 
 
 def online(p: EmotionPredictor, utt, speaker=None) -> tuple[dict, str]:
     instances, _ = p.parse(request(utt, speaker))
-    return p.embedding_inputs(instances)[0], instances[0].protocol
+    return p.runner.embedding_inputs(instances)[0], instances[0].protocol
 
 
 def assert_same_inputs(got: dict, want: dict, atol=1e-5):
@@ -93,7 +95,7 @@ def assert_same_inputs(got: dict, want: dict, atol=1e-5):
 
 def test_online_predictions_equal_the_cached_training_path(runs):
     p = predictor(runs["strict_dir"])
-    assert len(p.encoders) == 3 and p.speaker_stats is None  # trained strict
+    assert len(p.runner.encoders) == 3 and p.runner.speaker_stats is None  # trained strict
     data = load_items(runs["strict"], runs["store"], EMB_LABELS, {"speech_emb"})  # the training loader
     for k in (0, 5, 11):
         utt, item = runs["strict"][k], data[k]
@@ -112,7 +114,7 @@ def test_vector_encoders_keep_the_training_order(runs):
     utt = runs["strict"][3]
     emb, _ = online(p, utt)
     recorded = utt.extra["embeddings"]  # as training reads them from the features manifest
-    assert list(recorded) == [c.key_hash for c in p.encoders]
+    assert list(recorded) == [c.key_hash for c in p.runner.encoders]
     vecs = [d["vec"] for d in (load_embedding_item(utt, runs["store"], [h]) for h in recorded) if "vec" in d]
     assert len(vecs) == 2
     np.testing.assert_allclose(emb["vec"], np.concatenate(vecs), atol=1e-5)
@@ -124,7 +126,7 @@ def test_a_batch_gives_each_instance_its_own_inputs(runs):
     p = predictor(runs["strict_dir"])
     utts = [runs["strict"][k] for k in (1, 2, 7)]
     instances, _ = p.parse({"instances": [{"audio": clip(u)} for u in utts]})
-    embs = p.embedding_inputs(instances)
+    embs = p.runner.embedding_inputs(instances)
     for u, emb in zip(utts, embs):
         assert_same_inputs(emb, load_embedding_item(u, runs["store"]))
 
@@ -138,7 +140,7 @@ def _expected_normalised(runs, utts, last):
 
 def test_speaker_statistics_normalise_from_min_utterances(runs):
     p = predictor(runs["norm_dir"], min_speaker_utterances=3)
-    assert p.speaker_stats is not None and p.speaker_stats.min_utterances == 3  # auto: trained speaker-normalised
+    assert p.runner.speaker_stats is not None and p.runner.speaker_stats.min_utterances == 3  # auto: trained speaker-normalised
     s0 = [u for u in runs["norm"] if u.speaker == "s0"]
     for utt in s0[:2]:
         emb, protocol = online(p, utt, speaker="alice")
@@ -147,7 +149,7 @@ def test_speaker_statistics_normalise_from_min_utterances(runs):
     emb, protocol = online(p, s0[2], speaker="alice")
     assert protocol == "speaker-normalised" and set(emb) == {"layers", "vec", "frames"}
     assert_same_inputs(emb, _expected_normalised(runs, s0[:3], s0[2]), atol=1e-3)
-    assert p.speaker_stats.utterances("alice") == 3
+    assert p.runner.speaker_stats.utterances("alice") == 3
     # the 4th through predict(): probabilities of the model on inputs normalised over all 4
     res = asyncio.run(p.predict(request(s0[3], speaker="alice")))["predictions"][0]
     assert res["protocol"] == "speaker-normalised"
@@ -155,7 +157,7 @@ def test_speaker_statistics_normalise_from_min_utterances(runs):
     np.testing.assert_allclose([res["probabilities"][lab] for lab in p.labels], want, atol=1e-4)
     # no speaker field: strict, and alice's statistics untouched
     res = asyncio.run(p.predict(request(s0[0])))["predictions"][0]
-    assert res["protocol"] == "strict" and p.speaker_stats.utterances("alice") == 4
+    assert res["protocol"] == "strict" and p.runner.speaker_stats.utterances("alice") == 4
 
 
 def test_speakers_do_not_affect_each_other_and_lru_evicts(runs):
@@ -170,17 +172,17 @@ def test_speakers_do_not_affect_each_other_and_lru_evicts(runs):
     assert protocol == "speaker-normalised"
     assert_same_inputs(emb, _expected_normalised(runs, s1[:2], s1[1]), atol=1e-3)
     # max_speakers=2: a third speaker evicts the least recently used one (alice)
-    assert p.speaker_stats.speakers() == ["alice", "bob"]
+    assert p.runner.speaker_stats.speakers() == ["alice", "bob"]
     assert online(p, s2[0], speaker="carol")[1] == "strict"
-    assert p.speaker_stats.speakers() == ["bob", "carol"] and p.speaker_stats.evictions == 1
+    assert p.runner.speaker_stats.speakers() == ["bob", "carol"] and p.runner.speaker_stats.evictions == 1
     assert online(p, s0[2], speaker="alice")[1] == "strict"  # alice starts again from one utterance
-    assert p.speaker_stats.utterances("alice") == 1 and "bob" not in p.speaker_stats
-    assert p.speaker_stats.nbytes <= p.speaker_stats.max_bytes
+    assert p.runner.speaker_stats.utterances("alice") == 1 and "bob" not in p.runner.speaker_stats
+    assert p.runner.speaker_stats.nbytes <= p.runner.speaker_stats.max_bytes
 
 
 def test_speaker_normalisation_can_be_forced(runs):
     off = predictor(runs["norm_dir"], speaker_norm="off", min_speaker_utterances=1)
-    assert off.speaker_stats is None
+    assert off.runner.speaker_stats is None
     assert online(off, runs["norm"][0], speaker="alice")[1] == "strict"
     on = predictor(runs["strict_dir"], speaker_norm="on", min_speaker_utterances=1)
     emb, protocol = online(on, runs["strict"][0], speaker="alice")
@@ -208,7 +210,7 @@ def test_speaker_is_ignored_by_models_without_embeddings(tmp_path):
     p = EmotionPredictor("emoflow", "registry://emoflow@production", store=store,
                          config=ServingConfig(model_workers=1, prep_threads=1, speaker_norm="on"))
     p.load()
-    assert p.speaker_stats is None and p.encoders == []
+    assert p.runner.speaker_stats is None and p.runner.encoders == []
     body = {"instances": [{"audio": b64(wav_bytes()), "text": "hi", "speaker": "alice"}] * 2}
     preds = asyncio.run(p.predict(body))["predictions"]
     assert [r["protocol"] for r in preds] == ["strict", "strict"]
@@ -221,9 +223,9 @@ def test_speaker_is_ignored_by_models_without_embeddings(tmp_path):
 def test_cli_flags_reach_the_serving_config():
     args, _ = build_parser().parse_known_args(["--model_name", "m", "--speaker_norm", "on", "--max_speakers", "2",
                                                "--min_speaker_utterances", "7", "--speaker_memory_mb", "1.5"])
-    cfg = config_from_args(args)
+    cfg = ServingConfig.from_args(args)
     assert (cfg.speaker_norm, cfg.max_speakers, cfg.min_speaker_utterances, cfg.speaker_memory_mb) == ("on", 2, 7, 1.5)
-    assert config_from_args(build_parser().parse_known_args(["--model_name", "m"])[0]).speaker_norm == "auto"
+    assert ServingConfig.from_args(build_parser().parse_known_args(["--model_name", "m"])[0]).speaker_norm == "auto"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--model_name", "m", "--speaker_norm", "maybe"])
 

@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry
 
 from emoflow.monitoring.metrics import MODES, PredictionMetrics
 from emoflow.serving.local import start_local_server, stop_local_server
-from emoflow.serving.predictor import EmotionPredictor, ServingConfig
+from emoflow.serving.predictor import EmotionPredictor
+from emoflow.serving.settings import ServingConfig
 from serving.serving_helpers import LABELS, b64, free_port, register_text_only_model, register_tiny_model, wav_bytes
 
 NAME = "emoflow-meld-text"
@@ -54,9 +55,17 @@ def errors(reg, reason):
 def test_load_needs_no_logmel_config(served):
     p = served["p"]
     assert p.ready and p.text_only
-    assert p.model.inputs == {"text"} and p.feature_config is None
+    assert p.runner.model.inputs == {"text"} and p.runner.feature_config is None
     assert p.labels == LABELS
     assert "text-only" in MODES
+
+
+def test_metadata_declares_text_inputs_only(served):
+    meta = served["p"].metadata()
+    assert [(i["name"], i["datatype"], i["shape"]) for i in meta["inputs"]] == [
+        ("text", "BYTES", [-1]), ("speaker", "BYTES", [-1])]
+    assert meta["versions"] == ["v1"] and meta["platform"]
+    assert {o["name"] for o in meta["outputs"]} >= {"label", "probabilities", "mode", "protocol"}
 
 
 def test_v1_text_only_matches_the_models_forward(served):
@@ -135,7 +144,7 @@ def test_audio_model_still_requires_audio(tmp_path):
     p = EmotionPredictor("emoflow", "registry://emoflow@production", store=store,
                          config=ServingConfig(model_workers=1, prep_threads=1), metrics=PredictionMetrics(reg))
     p.load()
-    assert not p.text_only and p.feature_config is not None
+    assert not p.text_only and p.runner.feature_config is not None
     with pytest.raises(InvalidInput, match=r"instances\[0\]: 'audio' is required"):
         run(p, {"instances": [{"text": "I am so happy today"}]})
     with pytest.raises(InvalidInput, match="input 'audio' \\(BYTES\\) is required"):

@@ -41,6 +41,9 @@ def test_ready_only_after_load(tmp_path):
     assert httpx.get(f"{url}/v2/health/live").status_code == 200
     early = httpx.post(f"{url}/v1/models/emoflow:predict", json={"instances": []}, timeout=5)
     assert early.status_code == 503
+    for path in ("/v2/models/emoflow", "/v2/models/emoflow/versions/v1", "/v2/models/emoflow/versions/v1/ready"):
+        r = httpx.get(f"{url}{path}", timeout=5)  # inputs, outputs and version are known once loaded
+        assert r.status_code == 503 and "error" in r.json(), (path, r.text)
     gate.set()
     while time.time() < deadline and httpx.get(f"{url}/v2/health/ready", timeout=2).status_code != 200:
         time.sleep(0.1)

@@ -11,7 +11,7 @@ from emoflow.corpora.record import (
 )
 from emoflow.corpora.base import CorpusError, ItemError, open_source
 from emoflow.corpora.adapters import ADAPTERS, get_adapter
-from emoflow.corpora.validate import IngestError, ValidationConfig, decode_audio
+from emoflow.corpora.validate import IngestError, ValidationConfig
 from emoflow.corpora.ingest import IngestResult, ingest
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "ManifestError",
     "Utterance",
     "ValidationConfig",
-    "decode_audio",
     "get_adapter",
     "ingest",
     "iter_manifest",

@@ -8,12 +8,15 @@ reason                    meaning
 path_escape               audio path is absolute, a URI, has '..', or a symlink leaves the root
 missing_file              audio file does not exist
 empty_file                audio file has 0 bytes
+too_large                 audio file over ``max_file_bytes``
 undecodable_audio         neither soundfile nor PyAV can decode it (corrupt, no audio stream)
 bad_sample_rate           sample rate outside [min_sample_rate, max_sample_rate]
 too_many_channels         more than ``max_channels`` channels
+too_long (file)           the file is over ``max_file_duration`` (refused from its header)
 empty_audio               decodes to 0 samples
+nonfinite_samples         NaN or Inf samples anywhere in the file
+bad_amplitude             samples of absurd amplitude (|x| >= 1e6, e.g. a float WAV of 1e18)
 bad_segment               start/end not inside the file (segment corpora such as CMU-MOSEI)
-nonfinite_samples         NaN or Inf samples
 too_short / too_long      duration outside [min_duration, max_duration]
 silent                    mono mix-down peak below ``silence_dbfs`` (also catches stereo
                           channels that cancel each other)
@@ -23,19 +26,20 @@ undecodable_text, bad_text  transcript is not UTF-8 / holds control characters
 ========================  ===================================================================
 
 Adapters add parse-time reasons (``bad_row``, ``bad_filename``, ``missing_text``,
-``speaker_mismatch`` ...). Audio is decoded with soundfile (WAV/FLAC/MP3/OGG) and PyAV
-(MP4/M4A/AAC/WebM, or when soundfile fails); it is only inspected, never resampled here.
+``speaker_mismatch`` ...). Audio goes through the one bounded decoder (``emoflow.audiofile``:
+soundfile for WAV/FLAC/MP3/OGG, PyAV for MP4/M4A/AAC/WebM or when soundfile fails), whose reasons
+are the audio reasons above; it is only inspected, never resampled here.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 from collections import Counter
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from emoflow.audiofile import AudioError, DecodeLimits, decode
 from emoflow.corpora.base import ItemError, Source, check_text, ext
 from emoflow.corpora.record import Utterance
 
@@ -60,52 +64,15 @@ class ValidationConfig:
     max_channels: int = 8
     segment_tolerance: float = 0.5     # seconds a segment end may pass the file end (then clipped)
     audio_required: bool = True
+    max_file_duration: float = 3600.0  # a whole audio file (segment corpora hold many utterances in one)
+    max_file_bytes: int = 1 << 30      # encoded size of one audio file
 
 
-AV_EXTS = {"mp4", "m4a", "aac", "webm", "mkv", "mov"}
-
-
-def decode_audio(data: bytes, name: str) -> tuple[np.ndarray, int]:
-    """Decode audio bytes to float32 [frames, channels] at the file's own rate.
-
-    soundfile first (WAV/FLAC/MP3/OGG), PyAV for video containers or when soundfile fails.
-    Raises ItemError("empty_file" | "undecodable_audio") naming ``name``.
-    """
-    if len(data) == 0:
-        raise ItemError("empty_file", f"{name}: file is empty (0 bytes)")
-    errors = []
-    if ext(name) not in AV_EXTS:
-        import soundfile as sf
-
-        try:
-            wave, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-            return wave, int(sr)
-        except Exception as exc:  # libsndfile raises several types
-            errors.append(f"soundfile: {exc}")
-    try:
-        return _decode_av(data)
-    except ItemError:
-        raise
-    except Exception as exc:
-        errors.append(f"av: {type(exc).__name__}: {exc}")
-    raise ItemError("undecodable_audio", f"{name}: cannot decode audio ({'; '.join(errors)})")
-
-
-def _decode_av(data: bytes) -> tuple[np.ndarray, int]:
-    import av
-
-    with av.open(io.BytesIO(data)) as container:
-        if not container.streams.audio:
-            raise ItemError("undecodable_audio", "container has no audio stream")
-        stream = container.streams.audio[0]
-        channels = stream.channels or 1
-        resampler = av.AudioResampler(format="flt", layout=stream.layout, rate=stream.rate)
-        chunks = []
-        for frame in container.decode(stream):
-            chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
-        chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
-        flat = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-        return flat.astype(np.float32).reshape(-1, channels), int(stream.rate)
+def decode_limits(cfg: ValidationConfig) -> DecodeLimits:
+    """The shared decoder's limits for ingest: rate and channels from `cfg`; a whole file (which
+    may hold many segments) up to ``max_file_duration``."""
+    return DecodeLimits(max_seconds=cfg.max_file_duration, max_encoded_bytes=cfg.max_file_bytes,
+                        min_rate=cfg.min_sample_rate, max_rate=cfg.max_sample_rate, max_channels=cfg.max_channels)
 
 
 @dataclass
@@ -146,16 +113,10 @@ class Validator:
     def _load(self, rel: str) -> FileCheck:
         cfg = self.cfg
         data = self.src.read_bytes(rel)  # path_escape / missing_file
-        wave, sr = decode_audio(data, rel)
-        if not cfg.min_sample_rate <= sr <= cfg.max_sample_rate:
-            raise ItemError(
-                "bad_sample_rate",
-                f"{rel}: sample rate {sr} Hz outside [{cfg.min_sample_rate}, {cfg.max_sample_rate}]",
-            )
-        if wave.shape[1] > cfg.max_channels:
-            raise ItemError("too_many_channels", f"{rel}: {wave.shape[1]} channels (max {cfg.max_channels})")
-        if wave.shape[0] == 0:
-            raise ItemError("empty_audio", f"{rel}: decodes to 0 samples")
+        try:
+            wave, sr = decode(data, decode_limits(cfg), name=rel)
+        except AudioError as exc:
+            raise ItemError(exc.reason, str(exc)) from None
         return FileCheck(rel, data, hashlib.sha256(data).hexdigest(), wave, sr)
 
     def validate(self, utt: Utterance) -> tuple[Utterance, FileCheck | None]:
@@ -191,9 +152,6 @@ class Validator:
                     e = total
                 utt = replace(utt, start=s, end=e)
                 wave = wave[int(round(s * sr)):int(round(e * sr))]
-            n_bad = int(wave.size - np.count_nonzero(np.isfinite(wave)))
-            if n_bad:
-                raise ItemError("nonfinite_samples", f"{utt.id}: {n_bad} NaN/Inf samples in {fc.rel}")
             dur = wave.shape[0] / sr
             if dur < cfg.min_duration:
                 raise ItemError("too_short", f"{utt.id}: {dur:.3f} s < min_duration {cfg.min_duration} s ({fc.rel})")

@@ -1,10 +1,13 @@
-"""KServe's ModelServer with two changes a real deployment needs.
+"""KServe's ModelServer with the changes a real deployment needs.
 
 - The bind address is a parameter (KServe hard-codes 0.0.0.0; tests and workstations use 127.0.0.1).
 - The model loads in the background after the server starts, and ``/v2/health/ready`` answers 503
   until it is loaded (KServe's own server-ready check always answers ready); requests that arrive
   before then get 503 instead of triggering a second load.
-- Request bodies over the model's ``config.max_body_bytes`` get 413 before they are read whole.
+- The HTTP edge (emoflow.serving.edge): every response counted by route and status class; bodies
+  over the model's ``config.max_body_bytes`` get 413 before they are read whole, bodies that would
+  not fit the memory budget 503 + Retry-After (emoflow.serving.admission), slow headers and bodies
+  408; ``/v2/health/ready`` answers 503 while the budget has no room for a one-clip request.
 - SIGTERM/SIGINT stop the HTTP server (KServe's handler only stops its multi-process server).
 """
 
@@ -12,23 +15,30 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import logging
 import os
 import threading
 
 from kserve import ModelServer
 from kserve.errors import InvalidInput, ModelNotReady
-from kserve.protocol.dataplane import DataPlane
-from kserve.protocol.rest.server import RESTServer
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+from emoflow.serving.admission import MemoryBudget, Overloaded, budget_for
+from emoflow.serving.edge import RequestGuard, ResponseMetrics, header_deadline_protocol
+from emoflow.serving.oip import OIPDataPlane, OIPRESTServer, error_response
+from emoflow.serving.settings import ServingConfig
 
 log = logging.getLogger("emoflow.serving")
 
 
-class ReadinessDataPlane(DataPlane):
+class ReadinessDataPlane(OIPDataPlane):
+    budget: MemoryBudget | None = None
+
     async def ready(self) -> bool:
+        """Every model loaded, and the memory budget has room for a one-clip request."""
         models = self.model_registry.get_models()
-        return bool(models) and all(m.ready for m in models.values())
+        loaded = bool(models) and all(m.ready for m in models.values())
+        return loaded and not (self.budget is not None and self.budget.saturated())
 
     def decode(self, *args, **kwargs):
         """KServe's decoder raises ValueError/struct.error on malformed bodies (e.g. a v2 binary
@@ -51,65 +61,35 @@ class LoadFailed(RuntimeError):
     pass
 
 
-class BodyLimitMiddleware:
-    """ASGI middleware: 413 for request bodies over `limit` bytes (declared or streamed)."""
+class LimitedRESTServer(OIPRESTServer):
+    """KServe's REST server behind the HTTP edge (emoflow.serving.edge): responses counted by route,
+    body size/time/memory guarded, header deadline; 503 + Retry-After for Overloaded."""
 
-    def __init__(self, app, limit: int, hint: str = ""):
-        self.app = app
-        self.limit = limit
-        self.hint = hint
-
-    async def _reject(self, send, size: int | None) -> None:
-        got = f"{size} bytes" if size is not None else f"more than {self.limit} bytes"
-        body = json.dumps({"error": f"request body is {got}, the limit is {self.limit} bytes{self.hint}"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or self.limit <= 0:
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                size = None
-            if size is not None and size > self.limit:
-                return await self._reject(send, size)
-            if size is not None:
-                return await self.app(scope, receive, send)
-        # no (or unreadable) length: read the stream up to the limit, then replay it
-        chunks, total = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            total += len(chunks[-1])
-            if total > self.limit:
-                return await self._reject(send, None)
-            if not message.get("more_body", False):
-                break
-        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
-
-        async def replay_receive():
-            return replay.pop() if replay else await receive()
-
-        return await self.app(scope, replay_receive, send)
-
-
-class LimitedRESTServer(RESTServer):
-    def __init__(self, *args, body_limit: int = 0, body_hint: str = "", **kwargs):
+    def __init__(self, *args, body_limit: int = 0, body_hint: str = "", budget: MemoryBudget | None = None,
+                 settings: ServingConfig | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.body_limit = body_limit
         self.body_hint = body_hint
+        self.budget = budget
+        self.settings = settings or ServingConfig()
+        if self.settings.header_timeout_s > 0:
+            self.config.http = header_deadline_protocol(AutoHTTPProtocol, self.settings.header_timeout_s)
 
     def _add_middlewares(self, app) -> None:
         super()._add_middlewares(app)
-        if self.body_limit > 0:
-            app.add_middleware(BodyLimitMiddleware, limit=self.body_limit, hint=self.body_hint)
+        # added last = outermost: the guard answers before KServe reads a byte, the metrics see everything
+        app.add_middleware(RequestGuard, limit=self.body_limit, budget=self.budget,
+                           body_timeout_s=self.settings.body_timeout_s, hint=self.body_hint)
+        app.add_middleware(ResponseMetrics)
+
+    def _add_exception_handlers(self, app) -> None:
+        super()._add_exception_handlers(app)
+        app.add_exception_handler(Overloaded, _overloaded)
+
+
+async def _overloaded(request, exc: Overloaded):
+    log.warning("%s %s: 503 %s", request.method, request.url.path, exc)
+    return error_response(503, str(exc), {"Retry-After": str(exc.retry_after_s)})
 
 
 class EmoflowModelServer(ModelServer):
@@ -139,15 +119,17 @@ class EmoflowModelServer(ModelServer):
             model.enable_latency_logging = self.enable_latency_logging
             if not model.ready:
                 self._load_in_background(model)
-        configs = [getattr(m, "config", None) for m in models]
-        limits = [c.max_body_bytes for c in configs if c is not None and hasattr(c, "max_body_bytes")]
-        hint = "".join(f" (max_request_bytes={c.max_request_bytes} of audio, base64 in JSON)"
-                       for c in configs[:1] if c is not None and hasattr(c, "max_request_bytes"))
+        settings = next((m.config for m in models if isinstance(getattr(m, "config", None), ServingConfig)),
+                        ServingConfig())
+        # one memory budget for the process: the model's (its predict() reserves decoded audio in it)
+        budget = next((m.budget for m in models if isinstance(getattr(m, "budget", None), MemoryBudget)), None)
+        self.dataplane.budget = budget or budget_for(settings)
+        hint = f" (max_request_bytes={settings.max_request_bytes} of audio, base64 in JSON)"
         self._rest_server = LimitedRESTServer(
             "kserve.model_server:app", self.dataplane, self.model_repository_extension, self.http_port,
             access_log_format=self.access_log_format, workers=1, grace_period=self.grace_period,
             event_loop=self.event_loop, timeout_keep_alive=self.timeout_keep_alive,
-            body_limit=max(limits, default=0), body_hint=hint,
+            body_limit=settings.max_body_bytes, body_hint=hint, budget=self.dataplane.budget, settings=settings,
         )
         self._rest_server.config.host = self.host
         self.servers.append(self._rest_server.start())
