@@ -14,7 +14,7 @@ LAYER = {
     "training": 4, "evaluation": 4,
     "registry": 5,
     "serving": 6, "monitoring": 6,
-    "steps": 7, "cli": 7,
+    "steps": 7, "cli": 7, "doctor": 7,
 }
 
 

@@ -270,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", default="emoflow")
     p.set_defaults(func=cmd_canary)
 
-    for module in ("emoflow.registry.cli", "emoflow.text.encoders", "emoflow.monitoring.cli", "emoflow.assets"):
+    for module in ("emoflow.registry.cli", "emoflow.text.encoders", "emoflow.monitoring.cli", "emoflow.assets",
+                   "emoflow.doctor"):
         try:
             mod = __import__(module, fromlist=["add_cli"])
         except ImportError as exc:
