@@ -265,7 +265,7 @@ def test_cli_exit_codes(fake, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "FAIL  Prometheus Operator CRD" in out and "      fix: install the Prometheus Operator" in out
     last = out.rstrip().splitlines()[-1]
-    assert last.startswith("15 checks, ") and "failed: " in last and "Prometheus Operator CRD" in last
+    assert last.startswith("14 checks, ") and "failed: " in last and "Prometheus Operator CRD" in last
     assert main(["doctor", "--mode", "multi-user"]) == 2
     assert "--namespace is required in multi-user mode" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
