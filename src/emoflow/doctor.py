@@ -428,7 +428,12 @@ class Doctor:
 
     def _access_review(self, user: str, attrs: dict) -> tuple[bool | None, str | None]:
         """A SelfSubjectAccessReview made as ``user`` (impersonated): (allowed, None); (None, None)
-        when impersonation is forbidden; (None, error) on other errors."""
+        when impersonation is forbidden; (None, error) on other errors.
+
+        Impersonating a service account's user name without Impersonate-Group headers gives the
+        request that account's groups too (k8s.io/apiserver pkg/endpoints/filters/impersonation.go),
+        so the review sees exactly the rights the account's pods have; it needs the ``impersonate``
+        verb on ``serviceaccounts`` in that namespace."""
         from kubernetes.client.exceptions import ApiException
 
         api = self.k8s.ApiClient(self.api.configuration)
@@ -462,7 +467,7 @@ class Doctor:
         if err is not None:
             return failed(name, self._why(err), "you need to list nodes (a cluster-wide read) to check GPU placement")
         selector, tolerations = self.o.node_selector, self.o.tolerations
-        fits, reasons = [], []
+        fits, reasons, blocking = [], [], {}
         for node in nodes.items:
             gpus = _quantity((node.status.allocatable or {}).get(GPU_RESOURCE, 0)) if node.status else 0
             if gpus <= 0:
@@ -471,7 +476,9 @@ class Doctor:
             why = [f"label {k}={labels.get(k, '<unset>')} (selector wants {v})"
                    for k, v in selector.items() if labels.get(k) != v]
             taints = [t.to_dict() for t in (node.spec.taints or [])] if node.spec else []
-            why += [f"taint {_taint_text(t)} not tolerated" for t in untolerated_taints(taints, tolerations)]
+            for taint in untolerated_taints(taints, tolerations):
+                why.append(f"taint {_taint_text(taint)} not tolerated")
+                blocking[(taint.get("key"), taint.get("effect"))] = None
             if node.spec and node.spec.unschedulable:
                 why.append("cordoned")
             if why:
@@ -484,9 +491,12 @@ class Doctor:
         if not reasons:
             return failed(name, f"no node has allocatable {GPU_RESOURCE}",
                           "install the NVIDIA GPU operator / device plugin on the GPU nodes")
-        return failed(name, "no GPU node fits: " + " | ".join(reasons),
-                      "pass the GPU nodes' labels as --node-selector and tolerations for their taints as "
-                      "--tolerations (the same JSON as the pipeline's node_selector / tolerations parameters)")
+        fix = ("pass the GPU nodes' labels as --node-selector and tolerations for their taints as --tolerations "
+               "(the same JSON as the pipeline's node_selector / tolerations parameters)")
+        if blocking:
+            wanted = tolerations + [{"key": k, "operator": "Exists", "effect": e} for k, e in blocking]
+            fix += f", e.g. --tolerations '{json.dumps(wanted)}'"
+        return failed(name, "no GPU node fits: " + " | ".join(reasons), fix)
 
     def check_prometheus(self) -> list[Result]:
         results = []

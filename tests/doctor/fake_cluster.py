@@ -42,6 +42,7 @@ class FakeCluster:
         self.requests: list[dict] = []
         self.allow: Callable[[str, dict], bool] = lambda user, attrs: True
         self.impersonation_forbidden = False
+        self.subject_access_review_forbidden = False
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -50,10 +51,12 @@ class FakeCluster:
     def get(self, path: str, body: Any, status: int = 200) -> None:
         self.routes[("GET", path)] = (status, body)
 
-    def healthy(self, namespace: str = "kubeflow") -> "FakeCluster":
-        """A cluster where every check passes (standalone KFP, KServe in Serverless mode)."""
-        self.get("/api/v1/namespaces/kubeflow/services/ml-pipeline:8888/proxy/apis/v2beta1/healthz",
-                 recorded("kfp-healthz.json"))
+    def healthy(self, namespace: str = "kubeflow", runner: str = "pipeline-runner") -> "FakeCluster":
+        """A cluster where every check passes (KFP standalone, or multi-user when ``namespace`` is a
+        profile's; KServe in Serverless mode)."""
+        healthz = recorded("kfp-healthz.json")
+        healthz["multi_user"] = namespace != "kubeflow"
+        self.get("/api/v1/namespaces/kubeflow/services/ml-pipeline:8888/proxy/apis/v2beta1/healthz", healthz)
         for plural in ("inferenceservices.serving.kserve.io", "podmonitors.monitoring.coreos.com",
                        "prometheusrules.monitoring.coreos.com"):
             self.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{plural}",
@@ -65,10 +68,10 @@ class FakeCluster:
         ns = recorded("namespace.json")
         ns["metadata"]["name"] = namespace
         self.get(f"/api/v1/namespaces/{namespace}", ns)
-        for sa in ("pipeline-runner", "emoflow-s3"):
+        for sa, name in (("pipeline-runner", runner), ("emoflow-s3", "emoflow-s3")):
             obj = recorded(f"serviceaccount-{sa}.json")
-            obj["metadata"]["namespace"] = namespace
-            self.get(f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}", obj)
+            obj["metadata"].update(namespace=namespace, name=name)
+            self.get(f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}", obj)
         secret = recorded("secret-emoflow-s3.json")
         secret["metadata"]["namespace"] = namespace
         self.get(f"/api/v1/namespaces/{namespace}/secrets/emoflow-s3", secret)
@@ -102,12 +105,20 @@ class FakeCluster:
         if kind == "SelfSubjectAccessReview":
             user = headers.get("Impersonate-User")
             if user and self.impersonation_forbidden:
+                _, _, ns, name = user.split(":")  # system:serviceaccount:<ns>:<name>
                 body = recorded("status-403-impersonate.json")
-                body["message"] = body["message"].replace("system:serviceaccount:kubeflow:pipeline-runner", user)
-                body["details"]["name"] = user
+                body["message"] = body["message"].replace('"pipeline-runner"', f'"{name}"').replace('"kubeflow"', f'"{ns}"')
+                body["details"]["name"] = name
                 return 403, body
             user = user or "alice@example.org"
         else:
+            if self.subject_access_review_forbidden:
+                body = recorded("status-403-impersonate.json")
+                body["message"] = ('subjectaccessreviews.authorization.k8s.io is forbidden: User "alice@example.org" '
+                                   'cannot create resource "subjectaccessreviews" in API group "authorization.k8s.io" '
+                                   'at the cluster scope')
+                body["details"] = {"group": "authorization.k8s.io", "kind": "subjectaccessreviews"}
+                return 403, body
             user = request["spec"]["user"]
         attrs = request["spec"]["resourceAttributes"]
         answer = copy.deepcopy(recorded("ssar-allowed.json"))

@@ -223,6 +223,25 @@ def test_rbac_falls_back_to_subject_access_review(fake, tmp_path):
     assert "system:serviceaccounts:kubeflow" in sar[0]["body"]["spec"]["groups"]
 
 
+def test_rbac_cannot_be_reviewed_at_all(fake, tmp_path):
+    fake.impersonation_forbidden = fake.subject_access_review_forbidden = True
+    result = run_doctor(fake, tmp_path)["RBAC"]
+    assert not result.ok and f"cannot review the rights of {RUNNER}" in result.detail
+    assert 'cannot create resource "subjectaccessreviews"' in result.detail and "cluster admin" in result.fix
+
+
+def test_multi_user_profile(tmp_path):
+    with FakeCluster() as fake:
+        fake.healthy(namespace="team-a", runner="default-editor")
+        results = run_doctor(fake, tmp_path, mode="multi-user", namespace="team-a")
+        assert results["KFP API"].ok and "(multi-user)" in results["KFP API"].detail
+        assert results["pipeline service account"].detail == "team-a/default-editor"
+        assert results["RBAC"].ok and "system:serviceaccount:team-a:default-editor" in results["RBAC"].detail
+        results = run_doctor(fake, tmp_path, mode="standalone")  # standalone: kubeflow is not there
+        assert not results["KFP API"].ok and "rerun with --mode multi-user" in results["KFP API"].fix
+        assert not results["run namespace"].ok
+
+
 @pytest.mark.parametrize("options, text", [
     ({"tolerations": []}, "gpu-h200-0 (8 GPU): taint nvidia.com/gpu=present:NoSchedule not tolerated"),
     ({"node_selector": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}},
@@ -233,6 +252,13 @@ def test_rbac_falls_back_to_subject_access_review(fake, tmp_path):
 def test_gpu_nodes_that_do_not_fit(fake, tmp_path, options, text):
     result = run_doctor(fake, tmp_path, **options)["GPU nodes"]
     assert not result.ok and text in result.detail and "--node-selector" in result.fix
+
+
+def test_gpu_fix_names_the_tolerations_to_pass(fake, tmp_path):
+    fix = run_doctor(fake, tmp_path, tolerations=[])["GPU nodes"].fix
+    suggested = json.loads(fix.split("--tolerations '")[1].rstrip("'"))
+    assert suggested == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert run_doctor(fake, tmp_path, tolerations=suggested)["GPU nodes"].ok
 
 
 def test_gpu_nodes_equal_toleration_and_product_selector_fit(fake, tmp_path):
