@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from emoflow import runconfig
+
 # The KFP backend applies nodeSelectorJson / tolerationJson (pipeline parameters as pod placement)
 # since 2.5.0: kubeflow/pipelines commit fd1b48b (PR #11770, "Add input parameterization for
 # various k8s resources"), first in tag 2.5.0; backend/src/v2/driver/k8s.go.
@@ -53,7 +55,7 @@ RUN_SERVICE_ACCOUNT = {"standalone": "pipeline-runner", "multi-user": "default-e
 # pipelines/training.py S3_SECRET / S3_SECRET_KEYS, checked equal by tests/test_doctor.py).
 S3_SECRET = "emoflow-s3"
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "EMOFLOW_S3_ENDPOINT", "S3_USE_HTTPS", "AWS_REGION")
-PREDICTOR_SERVICE_ACCOUNT = "emoflow-s3"
+PREDICTOR_SERVICE_ACCOUNT = runconfig.BY_NAME["service_account"].default_value()
 # What the run's service account must be allowed in the run namespace: (group, resource) -> verbs.
 # KFP's launcher reads Secrets / ConfigMaps and watches its pod; the deploy step creates, reads,
 # updates and deletes the InferenceService (emoflow.serving.deploy).
@@ -168,8 +170,8 @@ class Options:
     kfp_host: str | None = None
     store: str | None = None
     assets: str | None = None
-    preset: str = "tiny"
-    architectures: tuple[str, ...] = ("a1",)
+    preset: str = runconfig.BY_NAME["preset"].default_value()
+    architectures: tuple[str, ...] = tuple(runconfig.BY_NAME["architectures"].default_value())
     node_selector: dict | None = None
     tolerations: list | None = None
     s3_endpoint: str | None = None
@@ -188,18 +190,14 @@ class Options:
             self.node_selector = dict(DEFAULT_GPU_NODE_SELECTOR)
         if self.tolerations is None:
             self.tolerations = [dict(t) for t in DEFAULT_GPU_TOLERATIONS]
-        if not isinstance(self.node_selector, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in self.node_selector.items()):
-            raise ValueError(f"--node-selector must be a JSON object of strings, got {self.node_selector!r}")
-        if not isinstance(self.tolerations, list) or not all(isinstance(t, dict) for t in self.tolerations):
-            raise ValueError(f"--tolerations must be a JSON list of objects, got {self.tolerations!r}")
-        for i, tol in enumerate(self.tolerations):
-            unknown = set(tol) - {"key", "operator", "value", "effect", "tolerationSeconds"}
-            if unknown or tol.get("operator", "Equal") not in ("Equal", "Exists"):
-                raise ValueError(f"--tolerations[{i}] {tol!r} is not a Kubernetes toleration "
-                                 "(key, operator Equal|Exists, value, effect, tolerationSeconds)")
+        # the same rules as the pipeline's node_selector / tolerations parameters (RunConfigError is a ValueError)
+        self.node_selector = runconfig.BY_NAME["node_selector"].validate(self.node_selector)
+        self.tolerations = runconfig.BY_NAME["tolerations"].validate(self.tolerations)
+        for i, tol in enumerate(self.tolerations):  # what matching needs on top (toleration.go)
+            if tol.get("operator", "Equal") not in ("Equal", "Exists"):
+                raise ValueError(f"--tolerations item {i}: operator {tol.get('operator')!r} is not Equal or Exists")
             if not tol.get("key") and tol.get("operator") != "Exists":
-                raise ValueError(f"--tolerations[{i}] {tol!r}: an empty key needs operator Exists")
+                raise ValueError(f"--tolerations item {i} {tol!r}: an empty key needs operator Exists")
 
 
 class Doctor:
@@ -680,8 +678,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--kfp-host", help="KFP API endpoint (default: the ml-pipeline Service via the Kubernetes API)")
     p.add_argument("--store", help="artifact store URI the runs use, e.g. s3://emoflow")
     p.add_argument("--assets", help="offline-asset mirror URI, e.g. s3://emoflow/assets")
-    p.add_argument("--preset", default="tiny", help="preset whose assets must be in the mirror (default %(default)s)")
-    p.add_argument("--architectures", default="a1", help="comma-separated (default %(default)s)")
+    p.add_argument("--preset", default=Options.preset, help="preset whose assets must be in the mirror (default %(default)s)")
+    p.add_argument("--architectures", default=",".join(Options.architectures), help="comma-separated (default %(default)s)")
     p.add_argument("--node-selector", type=_json_arg("--node-selector", dict), default=None,
                    help="GPU node selector JSON (default: the deploy step's)")
     p.add_argument("--tolerations", type=_json_arg("--tolerations", list), default=None,

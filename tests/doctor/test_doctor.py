@@ -299,6 +299,10 @@ def test_cli_exit_codes(fake, tmp_path, monkeypatch, capsys):
     assert exc.value.code == 2 and "--tolerations must be a JSON list" in capsys.readouterr().err
     assert main(["doctor", "--tolerations", '[{"operator": "Equal"}]']) == 2
     assert "an empty key needs operator Exists" in capsys.readouterr().err
+    assert main(["doctor", "--tolerations", '[{"key": "a", "opertor": "Exists"}]']) == 2
+    assert "tolerations: item 0 has unknown Toleration fields ['opertor']" in capsys.readouterr().err
+    assert main(["doctor", "--node-selector", '{"nvidia.com/gpu.present": true}']) == 2
+    assert "node_selector: labels must map strings to strings" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not MIRROR_API, reason="needs emoflow.assets mirror support (assets_for, read_manifest)")
