@@ -353,9 +353,11 @@ def references(obj: Mapping) -> list[tuple[str, str, str, str]]:
         out += [("Secret", ns, s["name"], "secrets") for s in obj.get("secrets") or []]
         out += [("Secret", ns, s["name"], "imagePullSecrets") for s in obj.get("imagePullSecrets") or []]
     if obj.get("kind") in {"RoleBinding", "ClusterRoleBinding"}:
+        # a RoleBinding's ServiceAccount subject without a namespace is in the binding's namespace
+        # (kubernetes pkg/registry/rbac/validation/rule.go appliesToUser); a ClusterRoleBinding needs one
         for i, sub in enumerate(obj.get("subjects") or []):
             if sub.get("kind") == "ServiceAccount":
-                out.append(("ServiceAccount", sub.get("namespace") or "", sub.get("name"), f"subjects[{i}]"))
+                out.append(("ServiceAccount", sub.get("namespace") or ns, sub.get("name"), f"subjects[{i}]"))
     for path, pod in _pod_specs(obj):
         sa = pod.get("serviceAccountName")
         if sa:
@@ -494,7 +496,13 @@ def _selects(selector: Mapping, labels: Mapping) -> bool:
 
 
 def scrape_port_problems(podmonitor: Mapping, pod: Mapping, mode: str) -> list[str]:
-    """The PodMonitor selects the pod (labels and namespace) and each endpoint's port exists on it."""
+    """The PodMonitor selects the pod (labels and namespace) and scrapes it exactly once.
+
+    Prometheus makes one target per declared container port and the operator keeps, per endpoint,
+    the targets whose port name (``port``) or number (``portNumber``, ``targetPort``) matches; an
+    endpoint whose port the pod lacks just finds nothing. So endpoints for both KServe modes may
+    coexist, but exactly one must match: none means no series (no alert can fire), two mean every
+    counter is summed twice."""
     spec = podmonitor.get("spec") or {}
     who = f"{name_of(podmonitor)} ({mode} mode)"
     problems = []
@@ -507,18 +515,19 @@ def scrape_port_problems(podmonitor: Mapping, pod: Mapping, mode: str) -> list[s
     if not ns_sel.get("any") and pod_ns not in (ns_sel.get("matchNames") or [pm_ns]):
         problems.append(f"{who}: watches namespace(s) {ns_sel.get('matchNames') or [pm_ns]}, the predictor "
                         f"runs in {pod_ns!r}")
-    names = {p.get("name") for c in pod["spec"]["containers"] for p in c.get("ports") or []}
-    numbers = {p.get("containerPort") for c in pod["spec"]["containers"] for p in c.get("ports") or []}
+    ports = [p for c in pod["spec"]["containers"] for p in c.get("ports") or []]
+    matched = []
     for i, ep in enumerate(spec.get("podMetricsEndpoints") or []):
-        port = ep.get("port") if ep.get("port") is not None else ep.get("portNumber")
-        if port is None:
-            port = ep.get("targetPort")
-        if port is None:
-            problems.append(f"{who}: podMetricsEndpoints[{i}] names no port")
-        elif isinstance(port, str) and port not in names:
-            problems.append(f"{who}: podMetricsEndpoints[{i}].port {port!r} is not a port of the predictor "
-                            f"pod (its ports: {sorted(n for n in names if n)})")
-        elif isinstance(port, int) and port not in numbers:
-            problems.append(f"{who}: podMetricsEndpoints[{i}] port number {port} is not a containerPort of "
-                            f"the predictor pod (its ports: {sorted(n for n in numbers if n)})")
+        want = next((ep[k] for k in ("port", "portNumber", "targetPort") if ep.get(k) is not None), None)
+        hits = [p for p in ports if (p.get("name") if isinstance(want, str) else p.get("containerPort")) == want]
+        if hits:
+            matched.append(f"podMetricsEndpoints[{i}] ({want!r})")
+    if not matched:
+        wanted = [next((ep[k] for k in ("port", "portNumber", "targetPort") if ep.get(k) is not None), None)
+                  for ep in spec.get("podMetricsEndpoints") or []]
+        problems.append(f"{who}: no endpoint port {wanted} is a port of the predictor pod (its ports: "
+                        f"{sorted((p.get('name') or '', p.get('containerPort')) for p in ports)}): nothing is scraped")
+    elif len(matched) > 1:
+        problems.append(f"{who}: the predictor is scraped {len(matched)} times ({', '.join(matched)}): "
+                        "every series is duplicated")
     return problems

@@ -5,12 +5,13 @@ required fields, patterns, bounds) for the fields emoflow's objects use, plus on
 sibling fields of every object on those paths. When KServe or the Prometheus Operator is upgraded,
 fetch the new CRD (kserve/kserve config/crd/full/serving.kserve.io_inferenceservices.yaml;
 prometheus-operator example/prometheus-operator-crd/monitoring.coreos.com_{podmonitors,
-prometheusrules}.yaml) and run
+prometheusrules}.yaml) and run, from the repository root with PYTHONPATH=src,
 
-    python tests/cluster/pin_facts.py CRD.yaml OUT.yaml --header "source line" ... \
-        --sample rendered-object.yaml ... --path spec.predictor.imagePullSecrets[].name ...
+    python tests/cluster/pin_facts.py CRD.yaml tests/cluster/pinned/<file>.yaml \
+        --header "<the header lines of the file, with the new commit and version>" ...
 
-then review the diff of OUT.yaml like any other code change.
+It pins the paths of every rendered object of that kind (kustomize renders, and the deploy
+builder's InferenceService variants) plus :data:`EXTRA_PATHS`; review the diff like code.
 """
 
 from __future__ import annotations
@@ -96,19 +97,61 @@ def pin(crd: dict, samples: list[dict], extra_paths: list[str]) -> dict:
             "version": version["name"], "fields": dict(sorted(facts.items()))}
 
 
+# Fields we use or are about to use beyond what today's rendered objects hold (their siblings are pinned too).
+EXTRA_PATHS = {
+    "InferenceService": [
+        "metadata", "spec.predictor.annotations", "spec.predictor.imagePullSecrets[].name",
+        "spec.predictor.containers[].envFrom[].secretRef.name", "spec.predictor.containers[].envFrom[].secretRef.optional",
+        "spec.predictor.containers[].envFrom[].configMapRef.name",
+        "spec.predictor.containers[].env[].valueFrom.secretKeyRef.name",
+        "spec.predictor.containers[].env[].valueFrom.secretKeyRef.key",
+        "spec.predictor.containers[].env[].valueFrom.fieldRef.fieldPath",
+        "spec.predictor.containers[].resources.limits", "spec.predictor.containers[].resources.requests",
+        "spec.predictor.containers[].livenessProbe.httpGet.path", "spec.predictor.containers[].volumeMounts[].mountPath",
+        "spec.predictor.volumes[].secret.secretName", "spec.predictor.tolerations[].tolerationSeconds",
+    ],
+    "PodMonitor": [
+        "metadata", "spec.podMetricsEndpoints[].portNumber", "spec.podMetricsEndpoints[].targetPort",
+        "spec.namespaceSelector.matchNames", "spec.namespaceSelector.any",
+        "spec.podMetricsEndpoints[].relabelings[].action", "spec.podMetricsEndpoints[].metricRelabelings[].action",
+        "spec.selector.matchLabels", "spec.selector.matchExpressions[].values",
+    ],
+    "PrometheusRule": ["metadata", "spec.groups[].rules[].keep_firing_for"],
+}
+
+
+def samples(kind: str) -> list[dict]:
+    """emoflow's objects of ``kind`` as a cluster gets them: every kustomize render, and for
+    InferenceService the deploy builder's variants (GPU, CPU, canary, pull secrets, assets, env)."""
+    import inspect
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    docs = []
+    for target in [repo / "manifests", *sorted(p.parent for p in (repo / "manifests" / "overlays").glob("*/kustomization.yaml"))]:
+        out = subprocess.run(["kubectl", "kustomize", str(target)], capture_output=True, text=True, check=True).stdout
+        docs += [d for d in yaml.safe_load_all(out) if d]
+    if kind == "InferenceService":
+        from emoflow.serving import deploy
+
+        accepted = inspect.signature(deploy.build_inference_service).parameters
+        for extra in ({"gpu": 1}, {"gpu": 0}, {"gpu": 1, "canary_traffic_percent": 10, "env": {"A": "b"}},
+                      {"gpu": 1, "image_pull_secrets": ["regcred"], "assets": "s3://b/assets"}):
+            kw = {k: v for k, v in extra.items() if k in accepted}
+            docs.append(deploy.to_manifest(deploy.build_inference_service("emoflow", "emoflow", "s3://b/r/emoflow/v1/", **kw)))
+    return [d for d in docs if d.get("kind") == kind]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("crd")
-    parser.add_argument("out")
-    parser.add_argument("--header", action="append", default=[], help="comment line for the file header")
-    parser.add_argument("--sample", action="append", default=[], help="a rendered object whose paths we use")
-    parser.add_argument("--path", action="append", default=[], help="a further fact path we use")
+    parser.add_argument("crd", help="the upstream CRD file (read, never copied)")
+    parser.add_argument("out", help="the pinned facts file to write")
+    parser.add_argument("--header", action="append", default=[], help="comment line: source file, commit, version, licence")
     args = parser.parse_args(argv)
     crd = next(d for d in yaml.safe_load_all(Path(args.crd).read_text()) if d)
-    samples = [obj for sample in args.sample for obj in yaml.safe_load_all(Path(sample).read_text())
-               if obj and obj.get("kind") == crd["spec"]["names"]["kind"]]
+    kind = crd["spec"]["names"]["kind"]
     text = "".join(f"# {line}\n" for line in args.header)
-    text += yaml.safe_dump(pin(crd, samples, args.path), sort_keys=False, width=120)
+    text += yaml.safe_dump(pin(crd, samples(kind), EXTRA_PATHS.get(kind, [])), sort_keys=False, width=120)
     Path(args.out).write_text(text)
     print(f"pinned {args.out}")
     return 0

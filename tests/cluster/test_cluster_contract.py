@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
 KUBECTL = shutil.which("kubectl")
 REGISTRY = "registry.example.org/ml"
-KFP_MODES = ("standalone", "multi-user")
+KFP_MODES = ("standalone", "multi-user")  # overlays named <mode> or <mode>-<variant> (e.g. standalone-cpu)
 ISVC_NEEDS = {k: v for k, v in doctor.RBAC_NEEDS.items() if k[0] == "serving.kserve.io"}
 
 
@@ -48,6 +48,13 @@ def kustomize(path: Path) -> list[dict]:
 def overlay_dirs() -> dict[str, Path]:
     found = {p.parent.name: p.parent for p in sorted((MANIFESTS / "overlays").glob("*/kustomization.yaml"))}
     return {**found, "monitoring": MANIFESTS}
+
+
+def kfp_mode(overlay: str) -> str | None:
+    return next((m for m in KFP_MODES if overlay == m or overlay.startswith(m + "-")), None)
+
+
+KFP_OVERLAYS = sorted(name for name in overlay_dirs() if kfp_mode(name))
 
 
 @pytest.fixture(scope="session")
@@ -190,6 +197,12 @@ def test_rule_pipeline_secret_must_exist_where_pods_run():
     assert c.reference_problems(today_base("kubeflow", "kubeflow"), extra=refs) == []
 
 
+def test_rule_subject_without_namespace_is_in_the_bindings_namespace():
+    objects = today_base("kubeflow", "kubeflow")
+    del objects[5]["subjects"][0]["namespace"]
+    assert c.reference_problems(objects) == []
+
+
 def test_rule_namespace_override_leaves_subjects_behind():
     # `namespace: team-a` in an overlay, as the README suggested: subjects keep `emoflow`
     objects = today_base("team-a")
@@ -228,12 +241,20 @@ def test_rule_scrape_port_exists_in_both_kserve_modes():
     isvc = d.to_manifest(d.build_inference_service("emoflow", "emoflow", "s3://b/registry/emoflow/v1/", gpu=0))
     assert c.scrape_port_problems(today_podmonitor(), c.predictor_pod(isvc, "Standard"), "Standard") == []
     problems = c.scrape_port_problems(today_podmonitor(), c.predictor_pod(isvc, "Knative"), "Knative")
-    assert problems == ["PodMonitor emoflow/emoflow-predictor (Knative mode): podMetricsEndpoints[0].port 'http1' is "
-                        "not a port of the predictor pod (its ports: ['http-autometric', 'http-usermetric', "
-                        "'queue-port', 'user-port'])"]
+    assert problems == ["PodMonitor emoflow/emoflow-predictor (Knative mode): no endpoint port ['http1'] is a port "
+                        "of the predictor pod (its ports: [('http-autometric', 9090), ('http-usermetric', 9091), "
+                        "('queue-port', 8012), ('user-port', 8080)]): nothing is scraped"]
     by_number = today_podmonitor()
     by_number["spec"]["podMetricsEndpoints"] = [{"portNumber": 8080, "path": "/metrics"}]
     assert all(c.scrape_port_problems(by_number, c.predictor_pod(isvc, m), m) == [] for m in c.MODES)
+    per_mode = today_podmonitor()  # one endpoint per mode: each pod shape matches exactly one
+    per_mode["spec"]["podMetricsEndpoints"] = [{"port": "http1"}, {"port": "user-port"}]
+    assert all(c.scrape_port_problems(per_mode, c.predictor_pod(isvc, m), m) == [] for m in c.MODES)
+    twice = today_podmonitor()
+    twice["spec"]["podMetricsEndpoints"] = [{"port": "http1"}, {"portNumber": 8080}]
+    assert c.scrape_port_problems(twice, c.predictor_pod(isvc, "Standard"), "Standard") == [
+        "PodMonitor emoflow/emoflow-predictor (Standard mode): the predictor is scraped 2 times "
+        "(podMetricsEndpoints[0] ('http1'), podMetricsEndpoints[1] (8080)): every series is duplicated"]
     elsewhere = copy.deepcopy(isvc)
     elsewhere["metadata"]["namespace"] = "kubeflow"
     problems = c.scrape_port_problems(by_number, c.predictor_pod(elsewhere, "Standard"), "Standard")
@@ -305,11 +326,11 @@ def test_crd_objects_of_every_render_match_the_pinned_facts(renders):
     assert problems == []
 
 
-@pytest.mark.parametrize("mode", KFP_MODES)
-def test_kfp_mode_overlay_fits_where_runs_happen(renders, compiled, mode):
-    if mode not in renders:
-        pytest.fail(f"no manifests/overlays/{mode}")
-    objects = renders[mode]
+@pytest.mark.parametrize("overlay", KFP_OVERLAYS or ["standalone", "multi-user"])
+def test_kfp_mode_overlay_fits_where_runs_happen(renders, compiled, overlay):
+    if overlay not in renders:
+        pytest.fail(f"no manifests/overlays/{overlay}")
+    objects, mode = renders[overlay], kfp_mode(overlay)
     ns = run_namespace(mode, objects)
     runner = (ns, doctor.RUN_SERVICE_ACCOUNT[mode])
     pipeline_refs = [("Secret", ns, name, where) for name, where in c.pipeline_secret_refs(compiled[1])]
@@ -320,25 +341,36 @@ def test_kfp_mode_overlay_fits_where_runs_happen(renders, compiled, mode):
     assert problems == []
 
 
-@pytest.mark.parametrize("name", sorted(set(overlay_dirs()) - set(KFP_MODES)))
+def runner_accounts(objects: list[dict]) -> list[tuple[str, str, str]]:
+    """The accounts KFP itself provides: pipeline-runner in kubeflow, default-editor in every profile."""
+    spaces = {o["metadata"].get("namespace") for o in objects if o["metadata"].get("namespace")}
+    return [("ServiceAccount", doctor.RUN_NAMESPACE["standalone"], doctor.RUN_SERVICE_ACCOUNT["standalone"])] + [
+        ("ServiceAccount", ns, doctor.RUN_SERVICE_ACCOUNT["multi-user"]) for ns in sorted(spaces)]
+
+
+@pytest.mark.parametrize("name", sorted(set(overlay_dirs()) - set(KFP_OVERLAYS)))
 def test_other_renders_are_self_consistent(renders, name):
     objects = renders[name]
-    assert c.namespace_problems(objects) + c.reference_problems(objects) == []
+    assert c.namespace_problems(objects) + c.reference_problems(objects, external=runner_accounts(objects)) == []
 
 
 def test_dev_minio_component_composes_with_each_kfp_mode_overlay(tmp_path):
-    component = MANIFESTS / "overlays" / "dev-minio" / "minio"
-    if not (component / "kustomization.yaml").exists():
-        pytest.skip("no dev-minio component")
+    """The documented combination (an overlay plus the dev MinIO component) puts MinIO in the run namespace."""
+    components = [p.parent for p in MANIFESTS.glob("**/kustomization.yaml")
+                  if "minio" in p.parent.name and yaml.safe_load(p.read_text()).get("kind") == "Component"]
+    assert components, "no dev MinIO kustomize Component under manifests/"
     shutil.copytree(MANIFESTS, tmp_path / "manifests")
     problems = []
-    for mode in [m for m in KFP_MODES if (MANIFESTS / "overlays" / m).is_dir()] or ["gpu"]:
-        combo = tmp_path / "manifests" / "overlays" / f"combo-{mode}"
+    for overlay in KFP_OVERLAYS or ["gpu"]:
+        combo = tmp_path / "manifests" / "overlays" / f"combo-{overlay}"
         combo.mkdir()
+        component = os.path.relpath(tmp_path / "manifests" / components[0].relative_to(MANIFESTS), combo)
         (combo / "kustomization.yaml").write_text(yaml.safe_dump({
             "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-            "resources": [f"../{mode}"], "components": ["../dev-minio/minio"]}))
-        problems += c.namespace_problems(kustomize(combo))
+            "resources": [f"../{overlay}"], "components": [component]}))
+        objects = kustomize(combo)
+        problems += c.namespace_problems(objects, run_namespace=run_namespace(kfp_mode(overlay), objects)
+                                         if kfp_mode(overlay) else None)
     assert problems == []
 
 
