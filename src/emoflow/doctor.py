@@ -176,6 +176,7 @@ class Options:
     tolerations: list | None = None
     s3_endpoint: str | None = None
     kserve_namespace: str | None = None
+    gpu_count: str = runconfig.BY_NAME["gpu_count"].default_value()
 
     def __post_init__(self) -> None:
         from emoflow.serving.deploy import DEFAULT_GPU_NODE_SELECTOR, DEFAULT_GPU_TOLERATIONS
@@ -193,6 +194,7 @@ class Options:
         # the same rules as the pipeline's node_selector / tolerations parameters (RunConfigError is a ValueError)
         self.node_selector = runconfig.BY_NAME["node_selector"].validate(self.node_selector)
         self.tolerations = runconfig.BY_NAME["tolerations"].validate(self.tolerations)
+        self.gpu_count = runconfig.BY_NAME["gpu_count"].validate(self.gpu_count)
         for i, tol in enumerate(self.tolerations):  # what matching needs on top (toleration.go)
             if tol.get("operator", "Equal") not in ("Equal", "Exists"):
                 raise ValueError(f"--tolerations item {i}: operator {tol.get('operator')!r} is not Equal or Exists")
@@ -473,6 +475,8 @@ class Doctor:
             labels = node.metadata.labels or {}
             why = [f"label {k}={labels.get(k, '<unset>')} (selector wants {v})"
                    for k, v in selector.items() if labels.get(k) != v]
+            if gpus < int(self.o.gpu_count):
+                why.append(f"{int(gpus)} allocatable {GPU_RESOURCE} < gpu_count {self.o.gpu_count}")
             taints = [t.to_dict() for t in (node.spec.taints or [])] if node.spec else []
             for taint in untolerated_taints(taints, tolerations):
                 why.append(f"taint {_taint_text(taint)} not tolerated")
@@ -486,6 +490,8 @@ class Doctor:
         if fits:
             return passed(name, f"{len(fits)} node(s) fit selector {json.dumps(selector)} and the tolerations: "
                           + ", ".join(fits))
+        if int(self.o.gpu_count) == 0:
+            return passed(name, "not needed (gpu_count 0)")
         if not reasons:
             return failed(name, f"no node has allocatable {GPU_RESOURCE}",
                           "install the NVIDIA GPU operator / device plugin on the GPU nodes")
@@ -649,7 +655,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                           store=args.store, assets=args.assets, preset=args.preset,
                           architectures=tuple(a.strip() for a in args.architectures.split(",") if a.strip()),
                           node_selector=args.node_selector, tolerations=args.tolerations,
-                          s3_endpoint=args.s3_endpoint, kserve_namespace=args.kserve_namespace)
+                          s3_endpoint=args.s3_endpoint, kserve_namespace=args.kserve_namespace,
+                          gpu_count=args.gpu_count)
     except ValueError as exc:
         print(f"emoflow doctor: {exc}", file=sys.stderr)
         return 2
@@ -684,6 +691,8 @@ def add_cli(subparsers) -> None:
                    help="GPU node selector JSON (default: the deploy step's)")
     p.add_argument("--tolerations", type=_json_arg("--tolerations", list), default=None,
                    help="tolerations JSON list (default: the deploy step's)")
+    p.add_argument("--gpu-count", default=Options.gpu_count,
+                   help="GPUs a training task / the predictor asks for (default %(default)s; 0 skips the GPU check)")
     p.add_argument("--s3-endpoint", help="reach the store through this host:port instead of the Secret's")
     p.add_argument("--kserve-namespace", help="namespace of KServe's inferenceservice-config (default: kserve, kubeflow)")
     p.set_defaults(func=cmd_doctor)

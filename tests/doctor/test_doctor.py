@@ -267,11 +267,18 @@ def test_gpu_nodes_equal_toleration_and_product_selector_fit(fake, tmp_path):
     assert result.ok
 
 
+def test_gpu_count_larger_than_a_node(fake, tmp_path):
+    result = run_doctor(fake, tmp_path, gpu_count="16")["GPU nodes"]
+    assert not result.ok and "8 allocatable nvidia.com/gpu < gpu_count 16" in result.detail
+    assert run_doctor(fake, tmp_path, gpu_count="8")["GPU nodes"].ok
+
+
 def test_no_gpu_node_at_all(fake, tmp_path):
     nodes = fake.body("GET", "/api/v1/nodes")
     nodes["items"] = [n for n in nodes["items"] if n["metadata"]["name"] == "cpu-0"]
     result = run_doctor(fake, tmp_path)["GPU nodes"]
     assert not result.ok and "no node has allocatable nvidia.com/gpu" in result.detail
+    assert run_doctor(fake, tmp_path, gpu_count="0")["GPU nodes"].ok
 
 
 def test_missing_prometheus_operator_crd(fake, tmp_path):
