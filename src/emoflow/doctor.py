@@ -81,6 +81,7 @@ KNATIVE_FEATURES = ("knative-serving", "config-features")
 KNATIVE_FLAGS = {"nodeSelector": "kubernetes.podspec-nodeselector", "tolerations": "kubernetes.podspec-tolerations"}
 PROMETHEUS_CRDS = (("podmonitors.monitoring.coreos.com", "v1"), ("prometheusrules.monitoring.coreos.com", "v1"))
 GPU_RESOURCE = "nvidia.com/gpu"
+REQUEST_TIMEOUT = (5, 30)  # (connect, read) seconds per Kubernetes API call: a dead endpoint fails, not hangs
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,7 @@ class Doctor:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return fn(*args), None
+            return fn(*args, _request_timeout=REQUEST_TIMEOUT), None
         except ApiException as exc:
             return None, exc
         except Exception as exc:  # urllib3 connection errors and the like: reported, never raised
@@ -257,8 +258,8 @@ class Doctor:
         else:
             ns, svc = KFP_SERVICE
             url = f"service {ns}/{svc} via the Kubernetes API proxy"
-            resp, err = self._read(lambda: self.core.connect_get_namespaced_service_proxy_with_path(
-                svc, ns, KFP_HEALTHZ, _preload_content=False))
+            resp, err = self._read(lambda **kw: self.core.connect_get_namespaced_service_proxy_with_path(
+                svc, ns, KFP_HEALTHZ, _preload_content=False, **kw))
             if err is not None:
                 return failed(name, f"{url}: {self._why(err)}",
                               "install Kubeflow Pipelines >= 2.5 or pass its API endpoint as --kfp-host")
@@ -441,7 +442,8 @@ class Doctor:
         body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
                 "spec": {"resourceAttributes": attrs}}
         try:
-            review = self.k8s.AuthorizationV1Api(api).create_self_subject_access_review(body)
+            review = self.k8s.AuthorizationV1Api(api).create_self_subject_access_review(
+                body, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as exc:
             if exc.status == 403:
                 return None, None

@@ -92,8 +92,9 @@ def test_secret_keys_are_the_pipelines():
 
 
 def test_healthy_cluster_passes(fake, tmp_path):
-    results = run_doctor(fake, tmp_path, assets="s3://not-needed")
-    assert failures(results) in ([], ["asset mirror"]), [r.lines() for r in results["_all"] if not r.ok]
+    results = run_doctor(fake, tmp_path)
+    assert failures(results) == ["asset mirror"], [r.lines() for r in results["_all"] if not r.ok]
+    assert "no --assets mirror was given" in results["asset mirror"].detail  # the store/mirror: on SeaweedFS below
     assert "Kubeflow Pipelines 2.5.0 (standalone)" in results["KFP API"].detail
     assert "Serverless = Knative" in results["KServe deployment mode"].detail
     assert "gpu-h200-0 (8 GPU)" in results["GPU nodes"].detail and "cpu-0" not in results["GPU nodes"].detail
@@ -310,6 +311,18 @@ def test_cli_exit_codes(fake, tmp_path, monkeypatch, capsys):
     assert "tolerations: item 0 has unknown Toleration fields ['opertor']" in capsys.readouterr().err
     assert main(["doctor", "--node-selector", '{"nvidia.com/gpu.present": true}']) == 2
     assert "node_selector: labels must map strings to strings" in capsys.readouterr().err
+
+
+def test_unreachable_api_server_fails_every_cluster_check(tmp_path, monkeypatch, capsys):
+    with FakeCluster() as fake:
+        kubeconfig = fake.kubeconfig(tmp_path / "kubeconfig")
+    # the server is gone: its port refuses connections
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    for name in ("KFP API", "KServe CRD", "run namespace", "GPU nodes", "Prometheus Operator CRD"):
+        assert f"FAIL  {name}" in out
+    assert "cannot reach the Kubernetes API" in out
 
 
 @pytest.mark.skipif(not MIRROR_API, reason="needs emoflow.assets mirror support (assets_for, read_manifest)")
