@@ -169,6 +169,7 @@ class Options:
     service_account: str | None = None
     predictor_service_account: str = PREDICTOR_SERVICE_ACCOUNT
     kfp_host: str | None = None
+    kfp_token_file: str | None = None
     store: str | None = None
     assets: str | None = None
     preset: str = runconfig.BY_NAME["preset"].default_value()
@@ -250,7 +251,12 @@ class Doctor:
         if self.o.kfp_host:
             url = f"{self.o.kfp_host.rstrip('/')}/{KFP_HEALTHZ}"
             try:
-                status, body = self.http_get(url, _kfp_headers())
+                headers = _kfp_headers(self.o.kfp_token_file)
+            except OSError as exc:
+                return failed(name, f"cannot read the KFP token file: {exc}",
+                              "pass an existing token file as --kfp-token-file")
+            try:
+                status, body = self.http_get(url, headers)
             except Exception as exc:
                 return failed(name, f"{url}: cannot connect ({type(exc).__name__}: {exc})",
                               "pass the KFP API endpoint as --kfp-host (e.g. https://<kubeflow host>/pipeline) "
@@ -267,7 +273,7 @@ class Doctor:
         if status != 200:
             return failed(name, f"{url}: HTTP {status} from /{KFP_HEALTHZ}",
                           "check --kfp-host (it must be the KFP API root, e.g. https://<host>/pipeline) "
-                          "and your credentials (KF_PIPELINES_SA_TOKEN_PATH holds a bearer token file)")
+                          "and your credentials (a bearer token file as --kfp-token-file, as for `emoflow submit`)")
         try:
             health = json.loads(body)
             tag, multi_user = health["tag_name"], health["multi_user"]
@@ -619,15 +625,16 @@ def _kubeconfig_client():
     return client.ApiClient()
 
 
-def _kfp_headers() -> dict:
-    """A bearer token for the KFP API from KF_PIPELINES_SA_TOKEN_PATH (the kfp SDK's variable)."""
+def _kfp_headers(token_file: str | None) -> dict:
+    """A bearer token for the KFP API: ``token_file`` (``--kfp-token-file``, as ``emoflow submit``
+    takes it), else the file named by KF_PIPELINES_SA_TOKEN_PATH (the kfp SDK's variable)."""
     import os
 
-    path = os.environ.get("KF_PIPELINES_SA_TOKEN_PATH")
-    if path and os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            return {"Authorization": f"Bearer {f.read().strip()}"}
-    return {}
+    path = token_file or os.environ.get("KF_PIPELINES_SA_TOKEN_PATH")
+    if not path:
+        return {}
+    with open(path, encoding="utf-8") as f:  # a missing file is the check's failure, named
+        return {"Authorization": f"Bearer {f.read().strip()}"}
 
 
 def _http_get(url: str, headers: dict) -> tuple[int, str]:
@@ -654,6 +661,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     try:
         options = Options(mode=args.mode, namespace=args.namespace, service_account=args.service_account,
                           predictor_service_account=args.predictor_service_account, kfp_host=args.kfp_host,
+                          kfp_token_file=args.kfp_token_file,
                           store=args.store, assets=args.assets, preset=args.preset,
                           architectures=tuple(a.strip() for a in args.architectures.split(",") if a.strip()),
                           node_selector=args.node_selector, tolerations=args.tolerations,
@@ -685,6 +693,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--predictor-service-account", default=PREDICTOR_SERVICE_ACCOUNT,
                    help="account of the InferenceService (default %(default)s)")
     p.add_argument("--kfp-host", help="KFP API endpoint (default: the ml-pipeline Service via the Kubernetes API)")
+    p.add_argument("--kfp-token-file", metavar="PATH", help="bearer token for --kfp-host (as for `emoflow submit`)")
     p.add_argument("--store", help="artifact store URI the runs use, e.g. s3://emoflow")
     p.add_argument("--assets", help="offline-asset mirror URI, e.g. s3://emoflow/assets")
     p.add_argument("--preset", default=Options.preset, help="preset whose assets must be in the mirror (default %(default)s)")

@@ -114,8 +114,11 @@ def test_kfp_version_and_mode(fake, tmp_path, change, expected):
 def test_kfp_host_given_is_reached_over_http_with_the_sdk_token(fake, tmp_path, monkeypatch):
     fake.get("/pipeline/apis/v2beta1/healthz", recorded("kfp-healthz.json"))
     result = run_doctor(fake, tmp_path, kfp_host=fake.url + "/pipeline/")["KFP API"]
-    assert not result.ok and "HTTP 401" in result.detail and "KF_PIPELINES_SA_TOKEN_PATH" in result.fix
+    assert not result.ok and "HTTP 401" in result.detail and "--kfp-token-file" in result.fix
     (tmp_path / "token").write_text(TOKEN + "\n")
+    assert run_doctor(fake, tmp_path, kfp_host=fake.url + "/pipeline/", kfp_token_file=str(tmp_path / "token"))["KFP API"].ok
+    result = run_doctor(fake, tmp_path, kfp_host=fake.url + "/pipeline/", kfp_token_file=str(tmp_path / "none"))["KFP API"]
+    assert not result.ok and "cannot read the KFP token file" in result.detail
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "token"))
     assert run_doctor(fake, tmp_path, kfp_host=fake.url + "/pipeline/")["KFP API"].ok
     result = run_doctor(fake, tmp_path, kfp_host=fake.url + "/dashboard")["KFP API"]
