@@ -88,6 +88,27 @@ def test_secret_keys_are_the_pipelines():
     assert set(dr.S3_SECRET_KEYS) == set(training.S3_SECRET_KEYS)
 
 
+def test_recorded_responses_have_the_real_field_names():
+    """Every recorded Kubernetes body uses only the fields of its kind in the kubernetes SDK's
+    models; the KFP healthz body has exactly the JSON fields of the API server's healthzResponse
+    (kubeflow/pipelines backend/src/apiserver/main.go), a superset of the SDK's model."""
+    import kfp_server_api
+
+    from emoflow.serving.deploy import unknown_fields
+
+    types = {"NodeList": "V1NodeList", "ConfigMap": "V1ConfigMap", "Namespace": "V1Namespace",
+             "CustomResourceDefinition": "V1CustomResourceDefinition", "Status": "V1Status",
+             "SelfSubjectAccessReview": "V1SelfSubjectAccessReview", "ServiceAccount": "V1ServiceAccount",
+             "Secret": "V1Secret"}
+    for path in sorted((Path(__file__).parent / "recorded").glob("*.json")):
+        body = json.loads(path.read_text())
+        if path.name == "kfp-healthz.json":
+            assert set(body) == {"commit_sha", "tag_name", "multi_user", "pipeline_store"}
+            assert set(kfp_server_api.V2beta1GetHealthzResponse.attribute_map.values()) <= set(body)
+        else:
+            assert unknown_fields(body, types[body["kind"]]) == [], path.name
+
+
 # --------------------------------------------------------------------------- the checks on recorded responses
 
 
