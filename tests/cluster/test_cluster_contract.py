@@ -285,6 +285,13 @@ def test_rule_crd_facts_catch_what_the_api_server_would_prune_or_reject():
     assert "not the served version" in c.crd_problems({**isvc, "apiVersion": "serving.kserve.io/v1alpha1"})[0]
 
 
+def test_pinned_facts_cite_their_source():
+    for path in sorted(c.PINNED.glob("*.yaml")):
+        header = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
+        assert "Our own test data" in header, path.name
+        assert "commit" in header and "Apache" in header, f"{path.name}: name the upstream commit and licence"
+
+
 # --------------------------------------------------------------------------- whole artifacts
 
 
