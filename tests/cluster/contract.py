@@ -10,16 +10,19 @@ holds. Two kinds of rule:
     licence). :func:`crd_problems` checks an object field by field against them, like the API
     server's structural-schema validation would (unknown fields are pruned there, silently).
 (b) Backend rules that bit us on a real cluster: pod-spec placeholders must come from STRING
-    parameters (:func:`pod_spec_placeholder_problems`), every image is the configured one
+    parameters (:func:`pod_spec_placeholder_problems`), every task input resolves in its DAG
+    (:func:`dangling_binding_problems`), every image is the configured one
     (:func:`image_problems`, :func:`deploy_image_problems`), every Secret / ServiceAccount referenced
     exists where it is needed (:func:`reference_problems`), no object lands without a namespace or
     takes over a namespace it does not own (:func:`namespace_problems`), the run's account may
-    do what deploy does (:func:`rbac_problems`), and the PodMonitor's port exists on the predictor
-    pod in both KServe modes (:func:`scrape_port_problems` over :func:`predictor_pod`).
+    do what deploy does (:func:`rbac_problems`), and a PodMonitor in the predictor's namespace scrapes
+    the predictor pod exactly once in both KServe modes (:func:`scrape_port_problems` over
+    :func:`predictor_pod`; the pod shapes are tests/manifests/kserve_pod_shapes.py's).
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterable, Mapping
 from functools import cache
@@ -27,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from manifests import kserve_pod_shapes as shapes
 
 PINNED = Path(__file__).resolve().parent / "pinned"
 CRD_FACTS = {  # (group, kind) -> pinned facts file
@@ -458,55 +463,31 @@ def rbac_problems(objects: list[Mapping], account: tuple[str, str], namespace: s
 
 # --------------------------------------------------------------------------- (b) scrape port
 
-MODES = ("Knative", "Standard")  # KServe deployment modes (legacy names Serverless, RawDeployment)
+# The predictor pod KServe and Knative make of an InferenceService in each deployment mode, and how
+# a PodMonitor endpoint picks its targets, live in one place: tests/manifests/kserve_pod_shapes.py.
+MODES = tuple(shapes.MODES)  # Serverless (Knative) and RawDeployment (Standard)
 
 
 def predictor_pod(isvc: Mapping, mode: str) -> dict:
-    """The predictor pod KServe and Knative make of an InferenceService, as far as ports and labels go.
-
-    Facts pinned in pinned/kserve-pod-shapes.yaml: in Knative mode the serving container's ports
-    are replaced by a single port named ``user-port`` (its first containerPort, default 8080) and a
-    queue-proxy sidecar is added; in Standard mode the containers keep their own ports."""
-    shapes = pinned("kserve-pod-shapes.yaml")
-    predictor = (isvc.get("spec") or {}).get("predictor") or {}
-    containers = [dict(c) for c in predictor.get("containers") or []]
-    name = (isvc.get("metadata") or {}).get("name")
-    labels = {**(predictor.get("labels") or {}), **{k: v.format(name=name) for k, v in shapes["pod_labels"].items()}}
-    if mode == "Knative":
-        knative = shapes["knative"]
-        serving = next((c for c in containers if c.get("ports")), containers[0] if containers else {})
-        port = (serving.get("ports") or [{}])[0].get("containerPort") or knative["default_user_port"]
-        serving["ports"] = [{"name": knative["user_port_name"], "containerPort": port}]
-        containers.append({"name": knative["queue_container"], "ports": knative["queue_ports"]})
-    elif mode != "Standard":
+    """The predictor pod of ``isvc`` in KServe ``mode``, in the InferenceService's namespace."""
+    if mode not in shapes.MODES:
         raise ValueError(f"mode {mode!r} is not one of {MODES}")
-    return {"metadata": {"labels": labels, "namespace": (isvc.get("metadata") or {}).get("namespace")},
-            "spec": {"containers": containers}}
-
-
-def _selects(selector: Mapping, labels: Mapping) -> bool:
-    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
-        return False
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
-        if op == "In" and labels.get(key) not in values or op == "NotIn" and labels.get(key) in values \
-                or op == "Exists" and key not in labels or op == "DoesNotExist" and key in labels:
-            return False
-    return True
+    pod = shapes.MODES[mode](copy.deepcopy(dict(isvc)))
+    pod["metadata"]["namespace"] = (isvc.get("metadata") or {}).get("namespace")
+    return pod
 
 
 def scrape_port_problems(podmonitor: Mapping, pod: Mapping, mode: str) -> list[str]:
     """The PodMonitor selects the pod (labels and namespace) and scrapes it exactly once.
 
     Prometheus makes one target per declared container port and the operator keeps, per endpoint,
-    the targets whose port name (``port``) or number (``portNumber``, ``targetPort``) matches; an
-    endpoint whose port the pod lacks just finds nothing. So endpoints for both KServe modes may
-    coexist, but exactly one must match: none means no series (no alert can fire), two mean every
-    counter is summed twice."""
+    the targets whose port matches; an endpoint whose port the pod lacks just finds nothing. So
+    endpoints for both KServe modes may coexist, but exactly one target must result: none means no
+    series (no alert can fire), two mean every counter is summed twice."""
     spec = podmonitor.get("spec") or {}
     who = f"{name_of(podmonitor)} ({mode} mode)"
     problems = []
-    if not _selects(spec.get("selector") or {}, pod["metadata"]["labels"]):
+    if not shapes.selects(spec.get("selector") or {}, pod["metadata"]["labels"]):
         problems.append(f"{who}: selector {spec.get('selector')} does not match the predictor pod's labels "
                         f"{pod['metadata']['labels']}")
     pm_ns = (podmonitor.get("metadata") or {}).get("namespace")
@@ -515,19 +496,17 @@ def scrape_port_problems(podmonitor: Mapping, pod: Mapping, mode: str) -> list[s
     if not ns_sel.get("any") and pod_ns not in (ns_sel.get("matchNames") or [pm_ns]):
         problems.append(f"{who}: watches namespace(s) {ns_sel.get('matchNames') or [pm_ns]}, the predictor "
                         f"runs in {pod_ns!r}")
-    ports = [p for c in pod["spec"]["containers"] for p in c.get("ports") or []]
-    matched = []
-    for i, ep in enumerate(spec.get("podMetricsEndpoints") or []):
-        want = next((ep[k] for k in ("port", "portNumber", "targetPort") if ep.get(k) is not None), None)
-        hits = [p for p in ports if (p.get("name") if isinstance(want, str) else p.get("containerPort")) == want]
-        if hits:
-            matched.append(f"podMetricsEndpoints[{i}] ({want!r})")
-    if not matched:
-        wanted = [next((ep[k] for k in ("port", "portNumber", "targetPort") if ep.get(k) is not None), None)
-                  for ep in spec.get("podMetricsEndpoints") or []]
-        problems.append(f"{who}: no endpoint port {wanted} is a port of the predictor pod (its ports: "
-                        f"{sorted((p.get('name') or '', p.get('containerPort')) for p in ports)}): nothing is scraped")
-    elif len(matched) > 1:
-        problems.append(f"{who}: the predictor is scraped {len(matched)} times ({', '.join(matched)}): "
-                        "every series is duplicated")
+    if problems:
+        return problems
+    targets = shapes.scrape_targets(dict(podmonitor), dict(pod))
+    if not targets:
+        wanted = [ep.get("port", ep.get("portNumber")) for ep in spec.get("podMetricsEndpoints") or []]
+        ports = sorted((p.get("name") or "", p.get("containerPort")) for c in pod["spec"]["containers"]
+                       for p in c.get("ports") or [])
+        problems.append(f"{who}: no endpoint port {wanted} is a port of the predictor pod (its ports: {ports}): "
+                        "nothing is scraped")
+    elif len(targets) > 1:
+        hits = ", ".join(f"podMetricsEndpoints[{i}] -> {name}:{port.get('name') or port.get('containerPort')}"
+                         for i, name, port in targets)
+        problems.append(f"{who}: the predictor is scraped {len(targets)} times ({hits}): every series is duplicated")
     return problems

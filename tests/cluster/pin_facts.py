@@ -22,8 +22,8 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from contract import join  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, as pytest's pythonpath has it
+from cluster.contract import join  # noqa: E402
 
 _KEEP = ("enum", "pattern", "minimum", "maximum", "format", "minItems", "maxItems")
 

@@ -239,11 +239,11 @@ def today_podmonitor(port="http1") -> dict:
 
 def test_rule_scrape_port_exists_in_both_kserve_modes():
     isvc = d.to_manifest(d.build_inference_service("emoflow", "emoflow", "s3://b/registry/emoflow/v1/", gpu=0))
-    assert c.scrape_port_problems(today_podmonitor(), c.predictor_pod(isvc, "Standard"), "Standard") == []
-    problems = c.scrape_port_problems(today_podmonitor(), c.predictor_pod(isvc, "Knative"), "Knative")
-    assert problems == ["PodMonitor emoflow/emoflow-predictor (Knative mode): no endpoint port ['http1'] is a port "
+    assert c.scrape_port_problems(today_podmonitor(), c.predictor_pod(isvc, "RawDeployment"), "RawDeployment") == []
+    problems = c.scrape_port_problems(today_podmonitor(), c.predictor_pod(isvc, "Serverless"), "Serverless")
+    assert problems == ["PodMonitor emoflow/emoflow-predictor (Serverless mode): no endpoint port ['http1'] is a port "
                         "of the predictor pod (its ports: [('http-autometric', 9090), ('http-usermetric', 9091), "
-                        "('queue-port', 8012), ('user-port', 8080)]): nothing is scraped"]
+                        "('https-port', 8112), ('queue-port', 8012), ('user-port', 8080)]): nothing is scraped"]
     by_number = today_podmonitor()
     by_number["spec"]["podMetricsEndpoints"] = [{"portNumber": 8080, "path": "/metrics"}]
     assert all(c.scrape_port_problems(by_number, c.predictor_pod(isvc, m), m) == [] for m in c.MODES)
@@ -252,14 +252,15 @@ def test_rule_scrape_port_exists_in_both_kserve_modes():
     assert all(c.scrape_port_problems(per_mode, c.predictor_pod(isvc, m), m) == [] for m in c.MODES)
     twice = today_podmonitor()
     twice["spec"]["podMetricsEndpoints"] = [{"port": "http1"}, {"portNumber": 8080}]
-    assert c.scrape_port_problems(twice, c.predictor_pod(isvc, "Standard"), "Standard") == [
-        "PodMonitor emoflow/emoflow-predictor (Standard mode): the predictor is scraped 2 times "
-        "(podMetricsEndpoints[0] ('http1'), podMetricsEndpoints[1] (8080)): every series is duplicated"]
+    assert c.scrape_port_problems(twice, c.predictor_pod(isvc, "RawDeployment"), "RawDeployment") == [
+        "PodMonitor emoflow/emoflow-predictor (RawDeployment mode): the predictor is scraped 2 times "
+        "(podMetricsEndpoints[0] -> kserve-container:http1, podMetricsEndpoints[1] -> kserve-container:http1): "
+        "every series is duplicated"]
     elsewhere = copy.deepcopy(isvc)
     elsewhere["metadata"]["namespace"] = "kubeflow"
-    problems = c.scrape_port_problems(by_number, c.predictor_pod(elsewhere, "Standard"), "Standard")
-    assert problems == ["PodMonitor emoflow/emoflow-predictor (Standard mode): watches namespace(s) ['emoflow'], "
-                        "the predictor runs in 'kubeflow'"]
+    problems = c.scrape_port_problems(by_number, c.predictor_pod(elsewhere, "RawDeployment"), "RawDeployment")
+    assert problems == ["PodMonitor emoflow/emoflow-predictor (RawDeployment mode): watches namespace(s) "
+                        "['emoflow'], the predictor runs in 'kubeflow'"]
 
 
 def test_rule_crd_facts_catch_what_the_api_server_would_prune_or_reject():
@@ -361,21 +362,36 @@ def test_other_renders_are_self_consistent(renders, name):
     assert c.namespace_problems(objects) + c.reference_problems(objects, external=runner_accounts(objects)) == []
 
 
+def components_holding(predicate) -> list[Path]:
+    """The kustomize Components under manifests/ whose render has an object ``predicate`` accepts."""
+    found = []
+    for path in sorted(MANIFESTS.glob("**/kustomization.yaml")):
+        if yaml.safe_load(path.read_text()).get("kind") == "Component":
+            text = "\n".join(f.read_text() for f in path.parent.glob("*.yaml"))
+            if predicate(path.parent, text):
+                found.append(path.parent)
+    return found
+
+
+def compose(tmp_path: Path, overlay: str, component: Path) -> list[dict]:
+    """Render overlay + component, as the README tells users to combine them."""
+    root = tmp_path / f"manifests-{overlay}-{component.name}"
+    shutil.copytree(MANIFESTS, root)
+    combo = root / "overlays" / f"combo-{overlay}-{component.name}"
+    combo.mkdir()
+    (combo / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": [f"../{overlay}"],
+        "components": [os.path.relpath(root / component.relative_to(MANIFESTS), combo)]}))
+    return kustomize(combo)
+
+
 def test_dev_minio_component_composes_with_each_kfp_mode_overlay(tmp_path):
     """The documented combination (an overlay plus the dev MinIO component) puts MinIO in the run namespace."""
-    components = [p.parent for p in MANIFESTS.glob("**/kustomization.yaml")
-                  if "minio" in p.parent.name and yaml.safe_load(p.read_text()).get("kind") == "Component"]
+    components = components_holding(lambda folder, text: "minio" in folder.name)
     assert components, "no dev MinIO kustomize Component under manifests/"
-    shutil.copytree(MANIFESTS, tmp_path / "manifests")
     problems = []
     for overlay in KFP_OVERLAYS or ["gpu"]:
-        combo = tmp_path / "manifests" / "overlays" / f"combo-{overlay}"
-        combo.mkdir()
-        component = os.path.relpath(tmp_path / "manifests" / components[0].relative_to(MANIFESTS), combo)
-        (combo / "kustomization.yaml").write_text(yaml.safe_dump({
-            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-            "resources": [f"../{overlay}"], "components": [component]}))
-        objects = kustomize(combo)
+        objects = compose(tmp_path, overlay, components[0])
         problems += c.namespace_problems(objects, run_namespace=run_namespace(kfp_mode(overlay), objects)
                                          if kfp_mode(overlay) else None)
     assert problems == []
@@ -383,10 +399,15 @@ def test_dev_minio_component_composes_with_each_kfp_mode_overlay(tmp_path):
 
 @pytest.mark.parametrize("kserve_mode", c.MODES)
 @pytest.mark.parametrize("mode", KFP_MODES)
-def test_podmonitor_scrapes_the_predictor(renders, monkeypatch, serving_image, mode, kserve_mode):
+def test_podmonitor_scrapes_the_predictor(renders, monkeypatch, tmp_path, serving_image, mode, kserve_mode):
+    """Some PodMonitor that a documented render puts in place (a render of its own, or the overlay
+    plus a monitoring Component) scrapes the predictor the deploy step builds, exactly once."""
     ns = run_namespace(mode, renders.get(mode, []))
     isvc = deploy_step_isvc(monkeypatch, namespace=ns or "profile", image=serving_image, gpu="1")
     monitors = [o for objects in renders.values() for o in objects if o.get("kind") == "PodMonitor"]
+    if mode in renders:
+        for component in components_holding(lambda folder, text: "monitoring" in folder.name or "kind: PodMonitor" in text):
+            monitors += [o for o in compose(tmp_path, mode, component) if o.get("kind") == "PodMonitor"]
     assert monitors, "no PodMonitor is rendered"
     pod = c.predictor_pod(isvc, kserve_mode)
     found = {c.name_of(m): c.scrape_port_problems(m, pod, kserve_mode) for m in monitors}
