@@ -9,6 +9,7 @@ SelfSubjectAccessReview answer 403 as the API server does. Every request is kept
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import threading
@@ -21,6 +22,7 @@ import yaml
 
 RECORDED = Path(__file__).resolve().parent / "recorded"
 TOKEN = "doctor-test-token"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "example-access-key", "AWS_SECRET_ACCESS_KEY": "example-secret-key"}
 
 
 def recorded(name: str) -> Any:
@@ -72,8 +74,9 @@ class FakeCluster:
             obj = recorded(f"serviceaccount-{sa}.json")
             obj["metadata"].update(namespace=namespace, name=name)
             self.get(f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}", obj)
-        secret = recorded("secret-emoflow-s3.json")
+        secret = recorded("secret-emoflow-s3.json")  # credentials are added here: no key literals in data files
         secret["metadata"]["namespace"] = namespace
+        secret["data"].update({key: base64.b64encode(value.encode()).decode() for key, value in CREDENTIALS.items()})
         self.get(f"/api/v1/namespaces/{namespace}/secrets/emoflow-s3", secret)
         self.get("/api/v1/nodes", recorded("nodelist.json"))
         return self
