@@ -331,8 +331,9 @@ class Doctor:
             return failed(name, f"{ns}/{KSERVE_CONFIGMAP}: ModelMesh; emoflow's predictor is a custom container",
                           "set defaultDeploymentMode to Knative or Standard")
         shown = f"{mode} = {self.deployment_mode}" if mode and mode != self.deployment_mode else self.deployment_mode
+        note = "; canary_traffic_percent needs Knative mode" if self.deployment_mode == "Standard" else ""
         return passed(name, f"{shown} ({ns}/{KSERVE_CONFIGMAP}"
-                      + (", no deploy key: KServe's default)" if raw is None else ")"))
+                      + (", no deploy key: KServe's default" if raw is None else "") + f"){note}")
 
     def check_knative_flags(self) -> Result:
         name = "Knative feature flags"

@@ -179,7 +179,8 @@ def test_knative_flag_allowed_is_enough_and_not_needed_without_placement(fake, t
 
 
 @pytest.mark.parametrize("deploy, ok, text", [
-    ('{"defaultDeploymentMode": "RawDeployment"}', True, "RawDeployment = Standard"),
+    ('{"defaultDeploymentMode": "RawDeployment"}', True, "RawDeployment = Standard (kserve/inferenceservice-config); "
+                                                          "canary_traffic_percent needs Knative mode"),
     ('{"defaultDeploymentMode": "Knative"}', True, "Knative"),
     ('{"defaultDeploymentMode": "ModelMesh"}', False, "ModelMesh"),
     ('{"defaultDeploymentMode": "Turbo"}', False, "unknown defaultDeploymentMode 'Turbo'"),
@@ -192,6 +193,13 @@ def test_deployment_modes(fake, tmp_path, deploy, ok, text):
     assert results["KServe deployment mode"].ok is ok and text in results["KServe deployment mode"].detail
     if "RawDeployment" in deploy:  # Standard mode: no Knative flags needed
         assert results["Knative feature flags"].ok
+
+
+def test_no_deploy_key_is_kserves_default_standard(fake, tmp_path):
+    del fake.body("GET", ISVC_CONFIG)["data"]["deploy"]
+    results = run_doctor(fake, tmp_path)
+    assert results["KServe deployment mode"].ok and "no deploy key" in results["KServe deployment mode"].detail
+    assert results["Knative feature flags"].detail == "not needed (Standard mode)"
 
 
 def test_kserve_config_in_the_kubeflow_namespace(fake, tmp_path):
