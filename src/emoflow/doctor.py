@@ -70,6 +70,9 @@ RBAC_NEEDS: dict[tuple[str, str], tuple[str, ...]] = {
 # Knative, Standard, ModelMesh; the legacy names Serverless / RawDeployment mean Knative / Standard;
 # an empty mode is Standard). Kubeflow installs KServe into `kubeflow`, KServe's own install into `kserve`.
 KSERVE_CRD = ("inferenceservices.serving.kserve.io", "v1beta1")
+# KServe's pod mutating webhook (storage initializer, agent) has namespaceSelector `control-plane
+# DoesNotExist` (kserve config/webhook/manifests.yaml): pods in a namespace with that label key are skipped.
+KSERVE_WEBHOOK_SKIP_LABEL = "control-plane"
 KSERVE_CONFIGMAP = "inferenceservice-config"
 KSERVE_NAMESPACES = ("kserve", "kubeflow")
 KSERVE_MODES = {"Knative": "Knative", "Serverless": "Knative", "Standard": "Standard",
@@ -359,12 +362,20 @@ class Doctor:
 
     def check_namespace_and_accounts(self) -> list[Result]:
         ns = self.o.namespace
-        _, err = self._read(self.core.read_namespace, ns)
+        namespace, err = self._read(self.core.read_namespace, ns)
         if err is not None:
             fix = (f"create the profile for namespace {ns}" if self.o.mode == "multi-user"
                    else "install Kubeflow Pipelines (standalone runs in namespace kubeflow) or pass --namespace")
             return [failed("run namespace", f"{ns}: {self._why(err)}", fix)]
-        results = [passed("run namespace", ns)]
+        labels = namespace.metadata.labels or {}
+        if KSERVE_WEBHOOK_SKIP_LABEL in labels:
+            results = [failed("run namespace", f"{ns} is labelled {KSERVE_WEBHOOK_SKIP_LABEL}="
+                              f"{labels[KSERVE_WEBHOOK_SKIP_LABEL]}: KServe's pod webhook skips it, so a predictor "
+                              "there gets no storage initializer and starts without its model",
+                              "serve from another namespace (the pipeline's namespace parameter), or run in a "
+                              "profile namespace (--mode multi-user)")]
+        else:
+            results = [passed("run namespace", ns)]
         for what, sa, fix in (
             ("pipeline service account", self.o.service_account,
              f"pass the account runs use as --service-account (KFP default: {RUN_SERVICE_ACCOUNT[self.o.mode]})"),

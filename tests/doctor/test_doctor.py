@@ -228,6 +228,13 @@ def test_missing_namespace_account_and_secret(fake, tmp_path):
     assert not result.ok and "install Kubeflow Pipelines" in result.fix
 
 
+def test_namespace_kserves_webhook_skips(fake, tmp_path):
+    fake.body("GET", "/api/v1/namespaces/kubeflow")["metadata"]["labels"]["control-plane"] = "kubeflow"
+    result = run_doctor(fake, tmp_path)["run namespace"]
+    assert not result.ok and "labelled control-plane=kubeflow" in result.detail
+    assert "starts without its model" in result.detail
+
+
 def test_predictor_account_must_list_the_secret(fake, tmp_path):
     fake.body("GET", "/api/v1/namespaces/kubeflow/serviceaccounts/emoflow-s3")["secrets"] = []
     result = run_doctor(fake, tmp_path)["predictor service account"]
