@@ -184,7 +184,7 @@ class Options:
     gpu_count: str = runconfig.BY_NAME["gpu_count"].default_value()
 
     def __post_init__(self) -> None:
-        from emoflow.serving.deploy import DEFAULT_GPU_NODE_SELECTOR, DEFAULT_GPU_TOLERATIONS
+        from emoflow.serving.isvc import DEFAULT_GPU_NODE_SELECTOR, DEFAULT_GPU_TOLERATIONS
 
         if self.mode not in MODES:
             raise ValueError(f"--mode {self.mode!r} is not one of {list(MODES)}")

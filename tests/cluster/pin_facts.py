@@ -132,7 +132,7 @@ def samples(kind: str) -> list[dict]:
         out = subprocess.run(["kubectl", "kustomize", str(target)], capture_output=True, text=True, check=True).stdout
         docs += [d for d in yaml.safe_load_all(out) if d]
     if kind == "InferenceService":
-        from emoflow.serving import deploy
+        from emoflow.serving import isvc as deploy
 
         accepted = inspect.signature(deploy.build_inference_service).parameters
         for extra in ({"gpu": 1}, {"gpu": 0}, {"gpu": 1, "canary_traffic_percent": 10, "env": {"A": "b"}},

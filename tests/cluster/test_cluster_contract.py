@@ -24,7 +24,8 @@ import yaml
 
 from cluster import contract as c
 from emoflow import doctor, images
-from emoflow.serving import deploy as d
+from emoflow.serving import deploy as d  # applies the InferenceService (intercepted below)
+from emoflow.serving import isvc as builder  # builds it
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -102,7 +103,7 @@ def deploy_step_isvc(monkeypatch, *, namespace: str, image: str, gpu) -> dict:
                  storage_uri="s3://emoflow/registry/emoflow/v3/", gpu=gpu, image=image,
                  image_pull_secrets=["regcred"], assets="s3://emoflow/assets")
     assert len(captured) == 1, "the deploy step did not hand an InferenceService to deploy_to_cluster"
-    return d.to_manifest(captured[0])
+    return builder.to_manifest(captured[0])
 
 
 # --------------------------------------------------------------------------- rule tests (the defects of 7227f1e)
@@ -238,7 +239,7 @@ def today_podmonitor(port="http1") -> dict:
 
 
 def test_rule_scrape_port_exists_in_both_kserve_modes():
-    isvc = d.to_manifest(d.build_inference_service("emoflow", "emoflow", "s3://b/registry/emoflow/v1/", gpu=0))
+    isvc = builder.to_manifest(builder.build_inference_service("emoflow", "emoflow", "s3://b/registry/emoflow/v1/", gpu=0))
     assert c.scrape_port_problems(today_podmonitor(), c.predictor_pod(isvc, "RawDeployment"), "RawDeployment") == []
     problems = c.scrape_port_problems(today_podmonitor(), c.predictor_pod(isvc, "Serverless"), "Serverless")
     assert problems == ["PodMonitor emoflow/emoflow-predictor (Serverless mode): no endpoint port ['http1'] is a port "
@@ -264,7 +265,7 @@ def test_rule_scrape_port_exists_in_both_kserve_modes():
 
 
 def test_rule_crd_facts_catch_what_the_api_server_would_prune_or_reject():
-    isvc = d.to_manifest(d.build_inference_service("emoflow", "emoflow", "s3://b/registry/emoflow/v1/", gpu=1))
+    isvc = builder.to_manifest(builder.build_inference_service("emoflow", "emoflow", "s3://b/registry/emoflow/v1/", gpu=1))
     assert c.crd_problems(isvc) == []
     bad = copy.deepcopy(isvc)
     bad["spec"]["predictor"]["scaleMetric"] = "gpu"

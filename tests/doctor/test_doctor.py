@@ -94,7 +94,7 @@ def test_recorded_responses_have_the_real_field_names():
     (kubeflow/pipelines backend/src/apiserver/main.go), a superset of the SDK's model."""
     import kfp_server_api
 
-    from emoflow.serving.deploy import unknown_fields
+    from emoflow.serving.isvc import unknown_fields
 
     types = {"NodeList": "V1NodeList", "ConfigMap": "V1ConfigMap", "Namespace": "V1Namespace",
              "CustomResourceDefinition": "V1CustomResourceDefinition", "Status": "V1Status",
