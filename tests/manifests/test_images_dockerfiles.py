@@ -262,7 +262,7 @@ def test_serve_image_health_and_entrypoint(parsed):
     cmd = _json_or_shell(next(i for i in final if i.cmd == "CMD").args)
     # the image's default arguments and the InferenceService's must both parse with the predictor's CLI
     from emoflow.serving import deploy
-    from emoflow.serving.predictor import build_parser
+    from emoflow.serving.__main__ import build_parser
 
     isvc_args = deploy.to_manifest(deploy.default_inference_service())["spec"]["predictor"]["containers"][0]["args"]
     for argv in (cmd, isvc_args):
