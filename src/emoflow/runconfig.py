@@ -253,7 +253,9 @@ PARAMS: tuple[Param, ...] = (
     _p("alias", str, "production", "production (register and promote) or candidate (promote only if "
        "better than production)", "registry", choices=("production", "candidate")),
     _p("winner_metric", str, "ua", "metric that picks the winning architecture and decides promotion: "
-       "ua, wa, wf1", "registry", choices=("ua", "wa", "wf1")),
+       "ua, wa, wf1; ml_wa (mean over emotions of the binary weighted accuracy, Makhmudov et al. 2024 "
+       "Eq. 6) for a multi-label run (CMU-MOSEI protocol makhmudov2024)", "registry",
+       choices=("ua", "wa", "wf1", "ml_wa")),
     _p("promote_margin", float, 0.0, "how much better than production a candidate must be to be promoted",
        "registry", check=_check_range(0.0)),
     # deploy

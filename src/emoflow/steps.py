@@ -305,14 +305,20 @@ def fingerprint(manifest: str, *, architectures: Sequence[str] = (), preset: str
 
 def evaluate(predictions: str, out_dir: str, *, metrics_artifact=None, classification_artifact=None,
              corpus: str = "", protocol: str | None = None) -> dict:
-    """Fold predictions → metrics (per fold, mean ± std, pooled), report, confusion PNG, KFP metrics."""
+    """Fold predictions → metrics (per fold, mean ± std, pooled), report, confusion PNG, KFP metrics.
+
+    A multi-label run (``task: multilabel`` in the predictions) is also scored per emotion on its
+    presence sets (Makhmudov et al. 2024, Eq. 4-6, and their means over emotions: ``ml_wa``,
+    ``ml_accuracy``, ``ml_f1``; see ``emoflow.evaluation.metrics.aggregate``)."""
     from emoflow.evaluation.metrics import aggregate
     from emoflow.evaluation.report import write_report
 
     pred = json.loads(Path(predictions).read_text())
     labels, arch = pred["labels"], pred["arch"]
     protocol = protocol or pred.get("protocol", "strict")
-    folds = {name: {"y_true": f["y_true"], "y_pred": f["y_pred"]} for name, f in pred["folds"].items()}
+    task = pred.get("task", "single_label")
+    keys = ("y_true", "y_pred") + (("true_sets", "pred_sets") if task == "multilabel" else ())
+    folds = {name: {k: f[k] for k in keys} for name, f in pred["folds"].items()}
     result = aggregate(folds, labels)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -331,6 +337,7 @@ def evaluate(predictions: str, out_dir: str, *, metrics_artifact=None, classific
         "corpus": corpus,
         "protocol": protocol,
         "validation": validation,
+        "task": task,
         "metrics": result,
         "reference_shares": reference,
         "report_files": {k: str(v) for k, v in paths.items()},
@@ -361,6 +368,7 @@ def register(
 
     evaluations = [json.loads((Path(d) / "evaluation.json").read_text()) for d in evaluation_dirs]
     by_arch = {e["arch"]: e for e in evaluations}
+    check_winner_metric(winner_metric, {a: e.get("task", "single_label") for a, e in by_arch.items()})
     winner = select_winner({a: e["metrics"] for a, e in by_arch.items()}, metric=winner_metric)
     model_dir = next(Path(d) for d in model_dirs if json.loads((Path(d) / "train.json").read_text())["arch"] == winner)
     ev = by_arch[winner]
@@ -418,6 +426,22 @@ def register(
             "metric": winner_metric, "value": metadata["metric_value"], "results": results, **decision}
 
 
+def check_winner_metric(metric: str, tasks: dict[str, str]) -> None:
+    """The winner metric must score the task every candidate was trained for: a multi-label run is
+    ranked on a multi-label metric (``ml_wa``: mean Eq. 6 WA over emotions), a single-label run on a
+    single-label one; an error names the candidates that do not fit."""
+    from emoflow.evaluation.metrics import MULTILABEL_METRICS, SCALAR_METRICS
+
+    wanted = "multilabel" if metric in MULTILABEL_METRICS else "single_label"
+    if metric not in MULTILABEL_METRICS + SCALAR_METRICS:
+        raise ValueError(f"unknown winner_metric {metric!r} ({', '.join(SCALAR_METRICS + MULTILABEL_METRICS)})")
+    odd = sorted(a for a, t in tasks.items() if t != wanted)
+    if odd:
+        hint = ("a multi-label run is ranked on ml_wa" if wanted == "single_label"
+                else "a single-label run has no multi-label metrics")
+        raise ValueError(f"winner_metric {metric!r} does not fit the {tasks[odd[0]]} run of {odd}: {hint}")
+
+
 def model_card(name: str, ev: dict, by_arch: dict, metric: str) -> str:
     from emoflow.evaluation.folds import describe_validation
 
@@ -435,8 +459,10 @@ def model_card(name: str, ev: dict, by_arch: dict, metric: str) -> str:
         "| metric | fold mean ± std | pooled |",
         "|---|---|---|",
     ]
-    for key in ("ua", "wa", "wf1", "mf1"):
-        lines.append(f"| {key.upper()} | {m['mean'][key] * 100:.2f} ± {m['std'][key] * 100:.2f} | {m['pooled'][key] * 100:.2f} |")
+    for key in ("ua", "wa", "wf1", "mf1", "ml_wa", "ml_accuracy", "ml_f1"):
+        if m["mean"].get(key) is not None:
+            lines.append(f"| {key.upper()} | {m['mean'][key] * 100:.2f} ± {m['std'][key] * 100:.2f} | "
+                         f"{m['pooled'][key] * 100:.2f} |")
     lines += [
         "",
         "## Limits",
@@ -502,7 +528,7 @@ def score(model_ref: str, corpus: str, source: str, store: str, out_dir: str, *,
     from emoflow.registry import Registry
     from emoflow.text.transcribe import transcribe as run_transcribe
     from emoflow.training.data import load_items
-    from emoflow.training.trainer import pick_device, predict
+    from emoflow.training.trainer import model_task, pick_device, predict
 
     st = _store(store)
     registry = Registry(st)
@@ -511,6 +537,9 @@ def score(model_ref: str, corpus: str, source: str, store: str, out_dir: str, *,
     local = out / "model"
     registry.download(f"{name}@{version}", local)
     model = load_model(local / "model")
+    if model_task(model) != "single_label":
+        raise ValueError(f"{name}/{version} is a {model_task(model)} model: score rates single-label models "
+                         "(evaluate a multi-label run's predictions with the evaluate step)")
     labels = list(model.labels)
     fc = local / "model" / "feature_config.json"
     cfg = LogMelConfig(**(json.loads(fc.read_text()) if fc.exists() else {}))

@@ -33,7 +33,8 @@ Protocols (option ``protocol``): ``official`` (default: ``splits.json`` if given
 resolved in order (every segment with an emotion present is kept, as a multi-label protocol
 does; ``tie_break`` unset means ``exclude`` for ``official`` and ``order`` here); all segments
 pooled and re-split 80/20 stratified by dominant emotion (floor(0.8 n) per emotion to train, drawn
-with ``resplit_seed``). The paper's Table 1 counts emotion labels, not segments (22,851 + 5,715 =
+with ``resplit_seed``); the task is multi-label (``extra.task = "multilabel"``: the train step
+trains on ``emotion_presence`` with a sigmoid head, see ``emoflow.training.data``). The paper's Table 1 counts emotion labels, not segments (22,851 + 5,715 =
 28,566 labels of about 23,000 segments), so a segment-level split cannot match them exactly.
 """
 
@@ -134,6 +135,8 @@ class MoseiAdapter(Adapter):
         )
         if protocol == "makhmudov2024":
             scan.notes["resplit_counts"] = resplit(scan.items, "makhmudov2024", int(options["resplit_seed"]))
+            for utt in scan.items:  # the paper's task: one binary decision per emotion
+                utt.extra["task"] = "multilabel"
             scan.notes["protocol"] = (
                 "makhmudov2024: segments with an emotion present, pooled and re-split 80/20 per dominant "
                 f"emotion (seed {options['resplit_seed']}); multi-label truth in extra.emotion_presence; "

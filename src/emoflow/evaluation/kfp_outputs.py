@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from emoflow.evaluation.metrics import SCALAR_METRICS
+from emoflow.evaluation.metrics import MULTILABEL_METRICS, SCALAR_METRICS
 
 
 def _num(name: str, value) -> float:
@@ -26,7 +26,9 @@ def log_kfp_metrics(metrics_artifact, classification_artifact, result: dict,
     ``result`` is either an ``aggregate`` output (logs ``<m>_mean``, ``<m>_std``, ``<m>_pooled``
     for UA/WA/WF1/MF1 plus ``n_folds`` and ``n``; the confusion matrix is the pooled one) or a
     single ``compute_metrics`` output (logs ``ua``, ``wa``, ``wf1``, ``mf1``, ``n``).
-    Either artifact may be None to skip it. ``prefix`` is put before every metric name
+    A multi-label result (``pooled["multilabel"]``) also logs ``ml_wa`` / ``ml_accuracy`` / ``ml_f1``
+    (mean, std, pooled: the means over emotions of Eq. 6, 4, 5) and ``ml_wa_<emotion>`` (pooled
+    Eq. 6 per emotion, where defined). Either artifact may be None to skip it. ``prefix`` is put before every metric name
     (e.g. "a2_" when one artifact holds several architectures).
     """
     labels = [str(x) for x in labels]
@@ -40,6 +42,14 @@ def log_kfp_metrics(metrics_artifact, classification_artifact, result: dict,
             scalars[f"{m}_std"] = _num(m, result["std"][m])
             scalars[f"{m}_pooled"] = _num(m, result["pooled"][m])
         scalars["n_folds"] = float(result["n_folds"])
+        if "multilabel" in single:
+            for m in MULTILABEL_METRICS:
+                for agg, where in (("mean", result["mean"]), ("std", result["std"]), ("pooled", single)):
+                    if where[m] is not None:
+                        scalars[f"{m}_{agg}"] = _num(m, where[m])
+            for lab, per in single["multilabel"]["per_label"].items():
+                if per["wa"] is not None:
+                    scalars[f"ml_wa_{lab}"] = _num(f"ml_wa_{lab}", per["wa"])
     else:
         for m in SCALAR_METRICS:
             scalars[m] = _num(m, result[m])

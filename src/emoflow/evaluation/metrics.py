@@ -32,6 +32,8 @@ from sklearn.metrics import (
 )
 
 SCALAR_METRICS = ("ua", "wa", "wf1", "mf1")
+# multi-label runs (`aggregate` with true_sets / pred_sets): means over emotions of Eq. 6, 4 and 5
+MULTILABEL_METRICS = ("ml_wa", "ml_accuracy", "ml_f1")
 
 GLOSSARY = {
     "wa": "WA — weighted accuracy = overall accuracy (correct / all); large classes weigh more.",
@@ -42,6 +44,10 @@ GLOSSARY = {
            "predictions).",
     "fold mean ± std": "metric computed on each fold's test part, then mean and population standard "
                        "deviation (ddof=0) over folds.",
+    "ml_wa": "Eq. 6 WA — multi-label: per emotion the binary weighted accuracy (TP × N/P + TN) / 2N "
+             "(= mean recall of present and absent), averaged over the emotions (Makhmudov et al. 2024).",
+    "ml_accuracy": "Eq. 4 accuracy — multi-label: per emotion (TP + TN) / all, averaged over the emotions.",
+    "ml_f1": "Eq. 5 F1 — multi-label: per emotion 2TP / (2TP + FP + FN), averaged over the emotions.",
     "pooled": "metric computed once on the predictions of all folds together (each utterance is "
               "tested in exactly one fold).",
     "confusion": "rows = true emotion, columns = predicted emotion; counts, and row-normalised "
@@ -144,6 +150,11 @@ def aggregate(fold_results: dict, labels: Sequence) -> dict:
     ``fold_results``: {fold name: {"y_true": [...], "y_pred": [...], ...}} (other keys ignored).
     Returns {"labels", "n_folds", "folds": {name: metrics}, "mean": {metric: v},
     "std": {metric: v} (population std, ddof=0), "pooled": metrics over all folds' predictions}.
+
+    Multi-label runs: when every fold also has ``true_sets`` / ``pred_sets`` (emotions present /
+    predicted per item), each fold and the pool get ``multilabel_metrics`` (per emotion Eq. 4-6) under
+    ``"multilabel"`` and the means over emotions join the scalars as ``ml_wa``, ``ml_accuracy``,
+    ``ml_f1`` (in ``mean``, ``std``, ``pooled`` and each fold's metrics).
     """
     labels = _check_labels(labels)
     if not fold_results:
@@ -159,19 +170,42 @@ def aggregate(fold_results: dict, labels: Sequence) -> dict:
             raise ValueError(f"fold {name!r}: {exc}") from exc
         all_true.extend(res["y_true"])
         all_pred.extend(res["y_pred"])
+    pooled = compute_metrics(all_true, all_pred, labels)
+    multi = [("true_sets" in r and "pred_sets" in r) for r in fold_results.values()]
+    if any(multi) and not all(multi):
+        raise ValueError("some folds have multi-label sets (true_sets / pred_sets) and some do not")
+    scalars = SCALAR_METRICS
+    if all(multi):
+        scalars += MULTILABEL_METRICS
+        true_all, pred_all = [], []
+        for name, res in fold_results.items():
+            try:
+                folds[str(name)]["multilabel"] = _with_means(multilabel_metrics(res["true_sets"], res["pred_sets"], labels))
+            except ValueError as exc:
+                raise ValueError(f"fold {name!r}: {exc}") from exc
+            folds[str(name)].update(folds[str(name)]["multilabel"]["scalars"])
+            true_all += list(res["true_sets"])
+            pred_all += list(res["pred_sets"])
+        pooled["multilabel"] = _with_means(multilabel_metrics(true_all, pred_all, labels))
+        pooled.update(pooled["multilabel"]["scalars"])
     mean, std = {}, {}
-    for m in SCALAR_METRICS:
-        vals = np.array([f[m] for f in folds.values()], dtype=float)
-        mean[m] = float(vals.mean())
-        std[m] = float(vals.std(ddof=0))
+    for m in scalars:
+        vals = np.array([f[m] for f in folds.values() if f[m] is not None], dtype=float)
+        mean[m] = float(vals.mean()) if vals.size else None
+        std[m] = float(vals.std(ddof=0)) if vals.size else None
     return {
         "labels": [str(x) for x in labels],
         "n_folds": len(folds),
         "folds": folds,
         "mean": mean,
         "std": std,
-        "pooled": compute_metrics(all_true, all_pred, labels),
+        "pooled": pooled,
     }
+
+
+def _with_means(result: dict) -> dict:
+    """A `multilabel_metrics` result plus its means as the scalars ml_wa, ml_accuracy, ml_f1."""
+    return {**result, "scalars": {f"ml_{k}": result["mean"][k] for k in ("wa", "accuracy", "f1")}}
 
 
 def binary_weighted_accuracy(y_true: Sequence[bool], y_pred: Sequence[bool]) -> float:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from emoflow.evaluation.folds import describe_validation
-from emoflow.evaluation.metrics import GLOSSARY, SCALAR_METRICS
+from emoflow.evaluation.metrics import GLOSSARY, MULTILABEL_METRICS, SCALAR_METRICS
 # figures as the papers report them: each architecture folder's paper.yaml (live over discovery)
 from emoflow.models.registry import PAPER_FIGURES
 
@@ -35,7 +35,8 @@ _PROTOCOL_ALIASES = {
     "spknorm": "speaker-normalised",
 }
 AGGREGATES = ("mean", "pooled")
-_NAMES = {"ua": "UA", "wa": "WA", "wf1": "WF1", "mf1": "MF1"}
+_NAMES = {"ua": "UA", "wa": "WA", "wf1": "WF1", "mf1": "MF1",
+          "ml_wa": "Eq. 6 WA", "ml_accuracy": "Eq. 4 accuracy", "ml_f1": "Eq. 5 F1"}
 
 
 def normalise_protocol(protocol: str) -> str:
@@ -75,8 +76,8 @@ def rank(results_by_arch: dict, metric: str = "ua", aggregate: str = "mean") -> 
 
     Returns [{"name", "value", "std"}, ...].
     """
-    if metric not in SCALAR_METRICS:
-        raise ValueError(f"unknown metric {metric!r}; expected one of {SCALAR_METRICS}")
+    if metric not in SCALAR_METRICS + MULTILABEL_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {SCALAR_METRICS + MULTILABEL_METRICS}")
     if aggregate not in AGGREGATES:
         raise ValueError(f"unknown aggregate {aggregate!r}; expected one of {AGGREGATES}")
     if not results_by_arch:
@@ -213,6 +214,23 @@ def plot_confusion(metrics: dict, path: str | Path, title: str = "") -> Path:
 # ----------------------------------------------------------------------------- report
 
 
+def _multilabel_section(doc: _Doc, name: str, entry: dict) -> None:
+    """A multi-label result: the means over emotions of Eq. 4-6 (fold mean ± std, pooled), and
+    per emotion, pooled over folds."""
+    doc.heading(4, f"{name}: multi-label, one binary task per emotion (percent; Makhmudov et al. 2024 Eq. 4-6)")
+    doc.table(["Mean over emotions", "fold mean ± std", "pooled"],
+              [[_NAMES[m], _ms(entry, m), _pct(entry["pooled"][m])] for m in MULTILABEL_METRICS])
+    ml = entry["pooled"]["multilabel"]
+    doc.table(["Emotion", "WA (Eq. 6)", "Accuracy (Eq. 4)", "F1 (Eq. 5)", "Present"],
+              [[lab, _pct(m["wa"]), _pct(m["accuracy"]), _pct(m["f1"]), str(m["support"])]
+               for lab, m in ml["per_label"].items()]
+              + [["mean", _pct(ml["mean"]["wa"]), _pct(ml["mean"]["accuracy"]), _pct(ml["mean"]["f1"]),
+                  str(ml["n"]) + " items"]])
+    doc.para("Predicted present: per-emotion probability (sigmoid) above 0.5. The single-label figures "
+             "above score the dominant emotion against the most probable one.")
+
+
+
 def write_report(
     results_by_arch: dict,
     out_dir: str | Path,
@@ -318,6 +336,8 @@ def write_report(
             doc.table(["Emotion", "Precision", "Recall", "F1", "Support"],
                       [[lab, _pct(pc["precision"]), _pct(pc["recall"]), _pct(pc["f1"]),
                         str(pc["support"])] for lab, pc in e["pooled"]["per_class"].items()])
+            if "multilabel" in e["pooled"]:
+                _multilabel_section(doc, name, e)
             doc.image(f"confusion matrix {name}", png_of[name])
     doc.heading(2, "Paper figures")
     doc.table(["Arch", "Paper", "Corpus", "Protocol", "UA", "WA", "Note"],

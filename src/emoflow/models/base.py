@@ -91,13 +91,16 @@ class EmotionModel(nn.Module):
 
     def compute_loss(self, out: dict, labels: torch.Tensor, class_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Cross-entropy (class-weighted when given) on "logits" plus aux_weight x the same on the
-        per-modality logits when present."""
-        loss = cross_entropy(out["logits"], labels, class_weight)
+        per-modality logits when present. Multi-hot float ``labels`` [B, C] (multi-label training):
+        BCE-with-logits instead, each logit on its own, ``class_weight`` then being the positive weight
+        per emotion."""
+        loss_of = binary_cross_entropy if labels.is_floating_point() and labels.dim() == 2 else cross_entropy
+        loss = loss_of(out["logits"], labels, class_weight)
         w = float(self.preset.get("model", {}).get("aux_weight", 0.0))
         if w > 0:
             for key in ("audio_logits", "text_logits"):
                 if key in out:
-                    loss = loss + w * cross_entropy(out[key], labels, class_weight)
+                    loss = loss + w * loss_of(out[key], labels, class_weight)
         return loss
 
     def encoders(self) -> dict[str, nn.Module]:
@@ -175,6 +178,15 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, class_weight: torc
     if class_weight is not None:
         class_weight = class_weight.to(logits.device, torch.float32)
     return F.cross_entropy(logits.float(), labels, weight=class_weight)
+
+
+def binary_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
+                         pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE-with-logits of multi-hot targets [B, C] in float32 (also under autocast); ``pos_weight``
+    [C] weighs each emotion's positives."""
+    if pos_weight is not None:
+        pos_weight = pos_weight.to(logits.device, torch.float32)
+    return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=pos_weight)
 
 
 # ---------------------------------------------------------------------- mask helpers

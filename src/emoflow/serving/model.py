@@ -138,12 +138,17 @@ class EmotionModel:
     def load(self, storage_uri: str, store: str | None = None) -> None:
         from emoflow.audio.logmel import LogMelConfig
         from emoflow.models import load_model
-        from emoflow.training.trainer import pick_device
+        from emoflow.training.trainer import model_task, pick_device
 
         path, meta = resolve_model_dir(storage_uri, store)
         self.set_threads()
         self.device = pick_device(self.config.device)
         model = load_model(path / "model").to(self.device).eval()
+        if model_task(model) != "single_label":
+            # per-emotion sigmoids: a softmax answer of one emotion and its drift statistics would be
+            # wrong; refuse rather than serve wrong probabilities
+            raise ValueError(f"{path}: the model is {model_task(model)} (per-emotion probabilities); the "
+                             "predictor serves single-label models only")
         if self.config.channels_last and torch.device(self.device).type == "cpu":
             model = model.to(memory_format=torch.channels_last)
         fc_path = path / "model" / "feature_config.json"

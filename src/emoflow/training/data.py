@@ -3,6 +3,12 @@
 Items are loaded once into memory (log-mel from the feature store, waveforms decoded from
 the artifact store) and batched to the contract in ``emoflow.models``: padded tensors plus
 boolean masks (True = real frame/sample).
+
+Tasks (``TASKS``): ``single_label`` (one emotion per utterance, ``labels`` [B] long) or
+``multilabel`` (the emotions present, ``extra["emotion_presence"]``, as multi-hot ``targets``
+[B, C] float beside ``labels``). Which one a run trains is said by its utterances: a corpus
+protocol with multi-label truth (CMU-MOSEI ``makhmudov2024``) marks each one
+``extra["task"] = "multilabel"`` (see `training_task`).
 """
 
 from __future__ import annotations
@@ -18,12 +24,54 @@ from torch.utils.data import Dataset, Sampler
 from emoflow.corpora import Utterance
 
 
+SINGLE_LABEL, MULTILABEL = "single_label", "multilabel"
+TASKS = (SINGLE_LABEL, MULTILABEL)
+PRESENCE_THRESHOLD = 0.5  # an emotion is predicted present when its probability exceeds this
+
+
+def training_task(utterances: Sequence[Utterance]) -> str:
+    """The task the utterances' corpus protocol asks for (``extra["task"]``, default single_label);
+    every utterance must say the same (an error names the first one that differs)."""
+    if not utterances:
+        return SINGLE_LABEL
+    first = utterances[0].extra.get("task", SINGLE_LABEL)
+    for utt in utterances:
+        task = utt.extra.get("task", SINGLE_LABEL)
+        if task not in TASKS:
+            raise ValueError(f"utterance {utt.id!r}: task {task!r} is not one of {list(TASKS)}")
+        if task != first:
+            raise ValueError(f"utterance {utt.id!r} is {task}, utterance {utterances[0].id!r} is {first}: "
+                             "one run trains one task (mixed corpus protocols?)")
+    return first
+
+
+def presence_target(utt: Utterance, labels: Sequence[str]) -> np.ndarray:
+    """Multi-hot [C] float32 of ``extra["emotion_presence"]`` over ``labels``; an utterance without
+    it, or with an emotion not in ``labels``, is an error naming it."""
+    present = utt.extra.get("emotion_presence")
+    if not isinstance(present, list) or not present:
+        raise ValueError(f"utterance {utt.id!r} has no multi-label truth (extra.emotion_presence: {present!r})")
+    index = {name: i for i, name in enumerate(labels)}
+    unknown = sorted(set(present) - set(index))
+    if unknown:
+        raise ValueError(f"utterance {utt.id!r}: emotions {unknown} in emotion_presence are not in {list(labels)}")
+    target = np.zeros(len(labels), dtype=np.float32)
+    target[[index[e] for e in present]] = 1.0
+    return target
+
+
+def presence_sets(probs: np.ndarray, labels: Sequence[str], threshold: float = PRESENCE_THRESHOLD) -> list[list[str]]:
+    """The emotions predicted present per row of per-emotion probabilities [N, C] (prob > threshold)."""
+    return [[labels[j] for j in np.flatnonzero(row > threshold)] for row in np.asarray(probs)]
+
+
 @dataclass
 class Item:
     id: str
     label: int
     text: str
     dialogue: str
+    target: np.ndarray | None = None  # multi-hot [C] (multilabel task)
     logmel: np.ndarray | None = None
     wave: np.ndarray | None = None
     emb: dict | None = None  # cached encoder embeddings: {"vec": [D], "layers": [L, 2H], "frames": [T, H]}
@@ -68,8 +116,11 @@ def load_items(
     sample_rate: int = 16000,
     progress: bool = False,
     embeddings: Sequence[str] | None = None,
+    task: str = SINGLE_LABEL,
 ) -> UtteranceDataset:
     """Load what the model needs for each utterance; unknown labels are an error naming the utterance.
+
+    ``task`` multilabel: each item also gets its multi-hot ``target`` (`presence_target`).
 
     Input "speech_emb" loads cached encoder embeddings (``extra["embeddings"]``, written by the
     features step; see ``load_embedding_item``): ``embeddings`` lists the cache key hashes to use,
@@ -82,12 +133,15 @@ def load_items(
 
         normalizer = SpeakerNormalizer.from_utterances(utterances, store)
 
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r} ({', '.join(TASKS)})")
     index = {name: i for i, name in enumerate(labels)}
     items = []
     for utt in tqdm(utterances, desc="load", disable=not progress, leave=False):
         if utt.label not in index:
             raise ValueError(f"utterance {utt.id!r}: label {utt.label!r} not in {list(labels)}")
-        item = Item(id=utt.id, label=index[utt.label], text=utt.text or "", dialogue=utt.dialogue or utt.id)
+        item = Item(id=utt.id, label=index[utt.label], text=utt.text or "", dialogue=utt.dialogue or utt.id,
+                    target=presence_target(utt, labels) if task == MULTILABEL else None)
         if "logmel" in inputs:
             from emoflow.audio.features import load_logmel
 
@@ -292,6 +346,8 @@ def make_collate(
             "ids": [it.id for it in items],
             "labels": torch.tensor([it.label for it in items], dtype=torch.long),
         }
+        if items[0].target is not None:
+            batch["targets"] = torch.from_numpy(np.stack([it.target for it in items]))
         if items[0].logmel is not None:
             mels = [it.logmel for it in items]
             batch["logmel"], batch["logmel_mask"] = batch_logmel(mels) if batch_logmel else _pad(mels)

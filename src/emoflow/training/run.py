@@ -7,7 +7,14 @@ that model is what gets registered. Outputs, in ``out_dir``:
 
 - ``model/``: the final model (``emoflow.models.save_model``);
 - ``predictions.json``: per-fold test predictions (ids, y_true, y_pred, probabilities), labels,
-  best epochs and the training configuration, read by the evaluate step.
+  best epochs and the training configuration, read by the evaluate step. A multi-label run
+  (``task: multilabel``) adds per fold ``true_sets`` / ``pred_sets`` (the emotions present / predicted
+  present, probability > 0.5) and its ``probs`` are per-emotion (sigmoid); ``y_true`` / ``y_pred``
+  stay the dominant emotion and the most probable one.
+
+The task comes from the utterances' corpus protocol (`emoflow.training.data.training_task`) and is
+written into the preset's ``train.task``, so the saved model carries it (a preset that says
+otherwise is an error).
 
 Seed ensembles (preset ``train.ensemble: N``): in each fold, member k trains with seed
 ``seed + k`` and is selected on its own validation part (``make_folds(val_rotation=k)``: another
@@ -41,7 +48,7 @@ from emoflow import work
 from emoflow.config import config_hash
 from emoflow.corpora import Utterance
 from emoflow.storage.results import ResultCache, jsonable, source_digest
-from emoflow.training.data import load_items
+from emoflow.training.data import MULTILABEL, SINGLE_LABEL, load_items, presence_sets, training_task
 from emoflow.training.trainer import (
     Checkpointer, TrainConfig, final_epochs, fit, pick_device, predict, seed_everything, unweighted_accuracy,
 )
@@ -62,9 +69,28 @@ def resolve_preset(arch: str, preset: str | dict) -> dict:
     return load_preset(arch, preset)
 
 
+def with_task(preset: dict, utterances: Sequence[Utterance]) -> dict:
+    """The preset with ``train.task`` set to what the utterances' corpus protocol asks for; a preset
+    naming another task, or a multi-label seed ensemble (it averages softmax outputs), is an error."""
+    task = training_task(utterances)
+    train = dict(preset.get("train") or {})
+    given = train.get("task")
+    if given is not None and given != task:
+        raise ValueError(f"preset {preset.get('name')!r} says train.task {given!r} but the data's corpus protocol "
+                         f"is {task}" + (f" (utterance {utterances[0].id!r})" if utterances else ""))
+    if task == MULTILABEL and int(train.get("ensemble", 1)) > 1:
+        raise ValueError("seed ensembles average softmax probabilities: not available for a multilabel run")
+    if task == SINGLE_LABEL:
+        return preset
+    return {**preset, "train": {**train, "task": task}}
+
+
 def labels_of(utterances: Sequence[Utterance], preset: dict) -> list[str]:
     given = preset.get("labels")
-    present = sorted({u.label for u in utterances if u.label is not None})
+    present = {u.label for u in utterances if u.label is not None}
+    if (preset.get("train") or {}).get("task") == MULTILABEL:  # every emotion present somewhere
+        present |= {e for u in utterances for e in u.extra.get("emotion_presence") or ()}
+    present = sorted(present)
     if given:
         unknown = sorted(set(present) - set(given))
         if unknown:
@@ -120,7 +146,8 @@ class _LazyData:
             utterances, store, arch, preset, labels, seed, progress = self.args
             seed_everything(seed)
             probe = build_model(arch, preset, labels)
-            self.data = load_items(utterances, store, labels, set(probe.inputs), progress=progress)
+            task = (preset.get("train") or {}).get("task", SINGLE_LABEL)
+            self.data = load_items(utterances, store, labels, set(probe.inputs), progress=progress, task=task)
         return self.data
 
 
@@ -152,7 +179,7 @@ def run_training(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    preset = resolve_preset(arch, preset)
+    preset = with_task(resolve_preset(arch, preset), utterances)
     labels = labels_of(utterances, preset)
     cfg = TrainConfig.from_preset(preset, epochs=epochs, seed=seed)
     dev = pick_device(device)
@@ -217,6 +244,8 @@ def run_training(
             "n_train": len(fold.train_ids),
             "n_val": len(fold.val_ids),
             **({"member_val_groups": val_groups} if n_members > 1 else {}),
+            **({"true_sets": presence_sets(pred["targets"], labels), "pred_sets": presence_sets(pred["probs"], labels)}
+               if cfg.task == MULTILABEL else {}),
             "fusion": fusion[0] if n_members == 1 else (fusion if any(fusion) else None),
         }
         if n_members > 1:
@@ -234,6 +263,7 @@ def run_training(
         "preset": preset,
         "labels": labels,
         "train_config": cfg.__dict__,
+        "task": cfg.task,
         "fold_scheme": fold_scheme,
         "validation": {"mode": validation, "share": validation_share},
         # speaker-normalised features use test speakers' unlabelled statistics: its own protocol
@@ -361,7 +391,7 @@ def finalize_training(
     The parts must match this run (same run key) and cover every fold of the plan."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    preset = resolve_preset(arch, preset)
+    preset = with_task(resolve_preset(arch, preset), utterances)
     labels = labels_of(utterances, preset)
     cfg = TrainConfig.from_preset(preset, epochs=epochs, seed=seed)
     run_key = _run_key(arch, preset, cfg, labels, utterances)

@@ -10,6 +10,11 @@
 - batches of similar length, or whole dialogues in utterance order for dialogue-context models
   (``batch_by: dialogue``, in training and in `predict`);
 - optional class-weighted loss (``class_weights``), computed from the training part only;
+- multi-label training (``task: multilabel``, set from the corpus protocol by the train step): the
+  head's logits are independent per emotion (sigmoid), the loss is BCE-with-logits on the multi-hot
+  targets (``pos_weight: balanced``: N/P per emotion from the training part), and selection is on
+  the mean over emotions of the binary weighted accuracy (Makhmudov et al. 2024, Eq. 6) on the
+  validation part;
 - a checkpoint every epoch to the artifact store.
 """
 
@@ -30,7 +35,9 @@ from torch.utils.data import DataLoader
 
 from emoflow import work
 from emoflow.models.base import EmotionModel, build_optimizers
-from emoflow.training.data import DialogueBatchSampler, UtteranceDataset, make_batch_sampler, make_collate
+from emoflow.training.data import (
+    MULTILABEL, TASKS, DialogueBatchSampler, UtteranceDataset, make_batch_sampler, make_collate, presence_sets,
+)
 
 log = logging.getLogger("emoflow.training")
 
@@ -53,7 +60,9 @@ class TrainConfig:
     eval_batch_size: int = 32
     batch_by: str = "utterance"      # utterance (length buckets) | dialogue (whole dialogues, in order)
     class_weights: Any = None        # None | inverse_frequency | inverse_sqrt_frequency | [w per class]
-    select_on: str = "ua"            # validation metric for model selection: ua | wa | wf1
+    select_on: str = "ua"            # validation metric for model selection: ua | wa | wf1 (ml_wa: multilabel)
+    task: str = "single_label"       # single_label (softmax, cross-entropy) | multilabel (sigmoid, BCE)
+    pos_weight: Any = None           # multilabel: None | balanced (N/P per emotion, training part) | [w]
 
     @classmethod
     def from_preset(cls, preset: dict, **overrides: Any) -> "TrainConfig":
@@ -75,6 +84,44 @@ class TrainConfig:
 
 CLASS_WEIGHTS = ("inverse_frequency", "inverse_sqrt_frequency")
 SELECT_ON = ("ua", "wa", "wf1")
+ML_SELECT_ON = "ml_wa"  # mean over emotions of Eq. 6 (binary weighted accuracy), multi-label runs
+
+
+def selection_metric(cfg: TrainConfig) -> str:
+    """The validation metric that selects the epoch: ``select_on``; a multi-label run selects on
+    the mean Eq. 6 WA over emotions (``ml_wa``), a single-label metric there is an error."""
+    if cfg.task not in TASKS:
+        raise ValueError(f"unknown task {cfg.task!r} ({', '.join(TASKS)})")
+    if cfg.task == MULTILABEL:
+        if cfg.select_on not in ("ua", ML_SELECT_ON):  # "ua": the default, not a choice
+            raise ValueError(f"select_on {cfg.select_on!r} scores one label; a multilabel run selects on "
+                             f"{ML_SELECT_ON!r} (mean Eq. 6 WA over emotions)")
+        return ML_SELECT_ON
+    if cfg.select_on not in SELECT_ON:
+        raise ValueError(f"unknown select_on {cfg.select_on!r} ({', '.join(SELECT_ON)})")
+    return cfg.select_on
+
+
+def presence_pos_weight(targets: np.ndarray, how: Any) -> torch.Tensor | None:
+    """BCE positive weight per emotion from the TRAINING multi-hot targets [N, C]: ``balanced`` is
+    N_c / P_c (negatives over positives; an emotion never present gets 1); a list is taken as given."""
+    if how is None or how is False or how == "none":
+        return None
+    n_classes = targets.shape[1]
+    if isinstance(how, (list, tuple)):
+        if len(how) != n_classes:
+            raise ValueError(f"pos_weight lists {len(how)} weights for {n_classes} emotions")
+        return torch.tensor([float(w) for w in how], dtype=torch.float32)
+    if how != "balanced":
+        raise ValueError(f"unknown pos_weight {how!r} (balanced, or a list)")
+    pos = targets.sum(0)
+    w = np.where(pos > 0, (len(targets) - pos) / np.maximum(pos, 1), 1.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def model_task(model: torch.nn.Module) -> str:
+    """The task a model was trained for (its preset's ``train.task``; single_label by default)."""
+    return ((getattr(model, "preset", None) or {}).get("train") or {}).get("task", "single_label")
 
 
 def class_weights(labels: Sequence[int], num_classes: int, how: Any) -> torch.Tensor | None:
@@ -198,6 +245,9 @@ def predict(
 ) -> dict:
     """Class probabilities (and per-branch log-probabilities when asked) in dataset order.
 
+    A multi-label model (`model_task`) gives per-emotion probabilities (sigmoid, independent);
+    ``targets`` (multi-hot truth) come back when the dataset has them.
+
     ``batch_by`` (default: the model preset's ``train.batch_by``, else "utterance"): "utterance"
     batches consecutive items; "dialogue" batches whole dialogues in order (what a dialogue-context
     model was trained on); the results come back in dataset order either way."""
@@ -214,16 +264,22 @@ def predict(
     else:
         raise ValueError(f"unknown batch_by {batch_by!r} (utterance, dialogue)")
     ids, probs, labels, branches = [], [], [], {"audio_logits": [], "text_logits": []}
+    targets = []
+    squash = torch.sigmoid if model_task(model) == MULTILABEL else (lambda x: torch.softmax(x, dim=-1))
     for batch in loader:
         out = model(_to_device(batch, device), mode=mode)
-        probs.append(torch.softmax(out["logits"].float(), dim=-1).cpu().numpy())
+        probs.append(squash(out["logits"].float()).cpu().numpy())
         ids += batch["ids"]
         labels.append(batch["labels"].numpy())
+        if "targets" in batch:
+            targets.append(batch["targets"].numpy())
         if with_branches:
             for key in branches:
                 if out.get(key) is not None:
                     branches[key].append(torch.log_softmax(out[key].float(), -1).cpu().numpy())
     result = {"ids": ids, "probs": np.concatenate(probs), "labels": np.concatenate(labels)}
+    if targets:
+        result["targets"] = np.concatenate(targets)
     if with_branches:
         result.update({k: np.concatenate(v) for k, v in branches.items() if v})
     if batch_by == "dialogue":  # back to dataset order
@@ -231,6 +287,16 @@ def predict(
         order = np.argsort([position[i] for i in ids], kind="stable")
         result = {k: ([v[i] for i in order] if k == "ids" else v[order]) for k, v in result.items()}
     return result
+
+
+def mean_presence_wa(targets: np.ndarray, probs: np.ndarray, labels: Sequence[str]) -> float:
+    """Mean over emotions of Eq. 6 (``emoflow.evaluation.metrics.multilabel_metrics``) for multi-hot
+    truth and per-emotion probabilities; 0 when no emotion has both present and absent items."""
+    from emoflow.evaluation.metrics import multilabel_metrics
+
+    labels = list(labels)
+    score = multilabel_metrics(presence_sets(targets, labels), presence_sets(probs, labels), labels)["mean"]["wa"]
+    return 0.0 if score is None else float(score)
 
 
 def unweighted_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -303,9 +369,20 @@ def fit(
     steps_per_epoch = len(sampler)
     total_steps = max(1, cfg.epochs * steps_per_epoch)
     use_bf16 = device.type == "cuda"
-    if cfg.select_on not in SELECT_ON:
-        raise ValueError(f"unknown select_on {cfg.select_on!r} ({', '.join(SELECT_ON)})")
+    select_on = selection_metric(cfg)
+    multilabel = cfg.task == MULTILABEL
+    if multilabel != (model_task(model) == MULTILABEL):
+        raise ValueError(f"{name}: training config task {cfg.task!r} but the model's preset says {model_task(model)!r}")
+    if multilabel and cfg.class_weights not in (None, False, "none"):
+        raise ValueError(f"{name}: class_weights weigh one label per utterance; a multilabel run takes pos_weight")
+    if multilabel and type(model).compute_loss is not EmotionModel.compute_loss:
+        raise ValueError(f"{name}: architecture {model.arch} has its own single-label loss "
+                         f"({type(model).__name__}.compute_loss); multilabel training needs the base loss (BCE)")
     weight = class_weights([it.label for it in train.items], model.num_classes, cfg.class_weights)
+    pos_weight = presence_pos_weight(np.stack([it.target for it in train.items]), cfg.pos_weight) if multilabel else None
+    if pos_weight is not None:
+        pos_weight = pos_weight.to(device)
+        log.info("%s: BCE pos_weight %s", name, [round(float(w), 3) for w in pos_weight])
     if weight is not None:
         weight = weight.to(device)
         log.info("%s: class weights %s", name, [round(float(w), 3) for w in weight])
@@ -326,7 +403,8 @@ def fit(
             batch = _to_device(batch, device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 out = model(batch, mode="both")
-            loss = model.compute_loss(out, batch["labels"], class_weight=weight)
+            loss = (model.compute_loss(out, batch["targets"], class_weight=pos_weight) if multilabel
+                    else model.compute_loss(out, batch["labels"], class_weight=weight))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{name}: loss is {loss.item()} at epoch {epoch + 1} step {step}")
             for opt in optimizers:
@@ -346,12 +424,14 @@ def fit(
             pred = predict(model, val, device=device, batch_size=cfg.eval_batch_size, batch_by=cfg.batch_by)
             y_pred = pred["probs"].argmax(1)
             record["val_ua"] = unweighted_accuracy(pred["labels"], y_pred)
-            if cfg.select_on != "ua":
+            if select_on in ("wa", "wf1"):
                 record["val_wa"] = float(np.mean(pred["labels"] == y_pred))
                 record["val_wf1"] = weighted_f1(pred["labels"], y_pred)
+            if multilabel:
+                record["val_ml_wa"] = mean_presence_wa(pred["targets"], pred["probs"], model.labels)
             # best_ua holds the best score of the selection metric (the checkpoint key keeps its name)
-            if record[f"val_{cfg.select_on}"] > best_ua:
-                best_ua, best_epoch, bad_epochs = record[f"val_{cfg.select_on}"], epoch + 1, 0
+            if record[f"val_{select_on}"] > best_ua:
+                best_ua, best_epoch, bad_epochs = record[f"val_{select_on}"], epoch + 1, 0
                 best_state = snapshot()
             else:
                 bad_epochs += 1
@@ -363,7 +443,8 @@ def fit(
             "%s epoch %d/%d loss %.4f%s",
             name, epoch + 1, cfg.epochs, record["loss"],
             (f" val UA {record['val_ua'] * 100:.1f}" if "val_ua" in record else "")
-            + (f" WF1 {record['val_wf1'] * 100:.1f}" if "val_wf1" in record else ""),
+            + (f" WF1 {record['val_wf1'] * 100:.1f}" if "val_wf1" in record else "")
+            + (f" Eq.6 WA {record['val_ml_wa'] * 100:.1f}" if "val_ml_wa" in record else ""),
         )
         done = epoch + 1 == cfg.epochs or bool(cfg.patience and bad_epochs >= cfg.patience)
         stopped_early = done and epoch + 1 < cfg.epochs
