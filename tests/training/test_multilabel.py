@@ -141,3 +141,16 @@ def test_multilabel_model_saves_loads_and_predicts_per_emotion_probabilities(tmp
     np.testing.assert_allclose(after["probs"], torch.sigmoid(logits).detach().numpy(), rtol=1e-5, atol=1e-6)
     assert after["targets"].shape == (5, 3)
     assert len(presence_sets(after["probs"], LABELS)) == 5
+
+
+def test_mosei_protocol_decides_the_task(tmp_path):
+    """CMU-MOSEI's makhmudov2024 protocol is multi-label; its official protocol stays single-label."""
+    from corpora.corpus_builders import build_mosei
+    from emoflow.corpora.ingest import ingest
+    from emoflow.storage import open_store
+
+    build_mosei(tmp_path / "mosei")
+    store = open_store(str(tmp_path / "store"))
+    paper = ingest("mosei", str(tmp_path / "mosei"), store, options={"protocol": "makhmudov2024"}).utterances
+    official = ingest("mosei", str(tmp_path / "mosei"), store).utterances
+    assert training_task(paper) == "multilabel" and training_task(official) == "single_label"
