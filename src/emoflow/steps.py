@@ -528,7 +528,8 @@ def score(model_ref: str, corpus: str, source: str, store: str, out_dir: str, *,
     from emoflow.registry import Registry
     from emoflow.text.transcribe import transcribe as run_transcribe
     from emoflow.training.data import load_items
-    from emoflow.training.trainer import model_task, pick_device, predict
+    from emoflow.training.multilabel import model_task
+    from emoflow.training.trainer import pick_device, predict
 
     st = _store(store)
     registry = Registry(st)

@@ -12,7 +12,8 @@ from emoflow.models import build_model, load_model, load_preset, save_model
 from emoflow.models import base as model_base
 from emoflow.training.data import Item, UtteranceDataset, load_items, make_collate, presence_sets, training_task
 from emoflow.training.run import labels_of, with_task
-from emoflow.training.trainer import TrainConfig, fit, predict, presence_pos_weight, selection_metric
+from emoflow.training.multilabel import presence_pos_weight
+from emoflow.training.trainer import TrainConfig, fit, predict, selection_metric
 
 LABELS = ["angry", "happy", "sad"]
 WORDS = {"angry": "furious shouting", "happy": "wonderful joy", "sad": "lonely tears"}

@@ -138,7 +138,8 @@ class EmotionModel:
     def load(self, storage_uri: str, store: str | None = None) -> None:
         from emoflow.audio.logmel import LogMelConfig
         from emoflow.models import load_model
-        from emoflow.training.trainer import model_task, pick_device
+        from emoflow.training.multilabel import model_task
+        from emoflow.training.trainer import pick_device
 
         path, meta = resolve_model_dir(storage_uri, store)
         self.set_threads()

@@ -36,8 +36,9 @@ from torch.utils.data import DataLoader
 from emoflow import work
 from emoflow.models.base import EmotionModel, build_optimizers
 from emoflow.training.data import (
-    MULTILABEL, TASKS, DialogueBatchSampler, UtteranceDataset, make_batch_sampler, make_collate, presence_sets,
+    MULTILABEL, TASKS, DialogueBatchSampler, UtteranceDataset, make_batch_sampler, make_collate,
 )
+from emoflow.training.multilabel import mean_presence_wa, model_task, presence_pos_weight
 
 log = logging.getLogger("emoflow.training")
 
@@ -100,28 +101,6 @@ def selection_metric(cfg: TrainConfig) -> str:
     if cfg.select_on not in SELECT_ON:
         raise ValueError(f"unknown select_on {cfg.select_on!r} ({', '.join(SELECT_ON)})")
     return cfg.select_on
-
-
-def presence_pos_weight(targets: np.ndarray, how: Any) -> torch.Tensor | None:
-    """BCE positive weight per emotion from the TRAINING multi-hot targets [N, C]: ``balanced`` is
-    N_c / P_c (negatives over positives; an emotion never present gets 1); a list is taken as given."""
-    if how is None or how is False or how == "none":
-        return None
-    n_classes = targets.shape[1]
-    if isinstance(how, (list, tuple)):
-        if len(how) != n_classes:
-            raise ValueError(f"pos_weight lists {len(how)} weights for {n_classes} emotions")
-        return torch.tensor([float(w) for w in how], dtype=torch.float32)
-    if how != "balanced":
-        raise ValueError(f"unknown pos_weight {how!r} (balanced, or a list)")
-    pos = targets.sum(0)
-    w = np.where(pos > 0, (len(targets) - pos) / np.maximum(pos, 1), 1.0)
-    return torch.tensor(w, dtype=torch.float32)
-
-
-def model_task(model: torch.nn.Module) -> str:
-    """The task a model was trained for (its preset's ``train.task``; single_label by default)."""
-    return ((getattr(model, "preset", None) or {}).get("train") or {}).get("task", "single_label")
 
 
 def class_weights(labels: Sequence[int], num_classes: int, how: Any) -> torch.Tensor | None:
@@ -287,16 +266,6 @@ def predict(
         order = np.argsort([position[i] for i in ids], kind="stable")
         result = {k: ([v[i] for i in order] if k == "ids" else v[order]) for k, v in result.items()}
     return result
-
-
-def mean_presence_wa(targets: np.ndarray, probs: np.ndarray, labels: Sequence[str]) -> float:
-    """Mean over emotions of Eq. 6 (``emoflow.evaluation.metrics.multilabel_metrics``) for multi-hot
-    truth and per-emotion probabilities; 0 when no emotion has both present and absent items."""
-    from emoflow.evaluation.metrics import multilabel_metrics
-
-    labels = list(labels)
-    score = multilabel_metrics(presence_sets(targets, labels), presence_sets(probs, labels), labels)["mean"]["wa"]
-    return 0.0 if score is None else float(score)
 
 
 def unweighted_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
