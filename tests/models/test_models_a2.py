@@ -1,4 +1,5 @@
-"""A2 specifics: both late-fusion variants, held-out-only w1 search, checkpoint mapping, modes."""
+"""A2 specifics: both late-fusion variants, held-out-only w1 search, modes (speaker transfer:
+test_models_a2_speaker.py)."""
 
 from __future__ import annotations
 
@@ -90,22 +91,15 @@ def test_fusion_parameters_are_saved(tiny, mh, tmp_path):
     assert torch.equal(loaded.z_mu_t, model.z_mu_t)
 
 
-def test_linear_probe_and_finetune_groups(mh):
-    from emoflow.models import build_model, build_optimizers, load_preset
+def test_one_speech_group_and_lr_by_mode(mh):
+    """A preset giving one ``speech`` group puts the whole speech branch in it (lr by mode)."""
+    from emoflow.models import build_optimizers
 
-    preset = load_preset("a2", "tiny")
-    preset["model"]["speech"]["mode"] = "linear_probe"
-    preset["train"]["groups"]["speech"]["lr_by_mode"]["linear_probe"] = 0.1
-    probe = build_model("a2", preset, mh.LABELS)
-    assert not any(p.requires_grad for p in probe.speech.parameters())
-    groups = {g["name"]: g for g in probe.param_groups()}
-    assert groups["speech"]["lr"] == 0.1 and groups["speech"]["optimizer"] == "sgd"
-    assert {id(p) for p in groups["speech"]["params"]} == {id(p) for p in probe.speech_head.parameters()}
-    probe.train()
-    assert not probe.speech.training and probe.speech_head.training  # frozen BatchNorm stays in eval
     fine = mh.build_tiny("a2")
     groups = {g["name"]: g for g in fine.param_groups()}
     assert groups["speech"]["lr"] == 1e-2 and groups["text"]["optimizer"] == "adam" and groups["text"]["lr"] == 1e-3
+    speech = {id(p) for p in list(fine.speech.parameters()) + list(fine.speech_head.parameters())}
+    assert {id(p) for p in groups["speech"]["params"]} == speech
     kinds = sorted(type(o).__name__ for o in build_optimizers(fine))
     assert kinds == ["Adam", "SGD"]
     sgd = next(o for o in build_optimizers(fine) if isinstance(o, torch.optim.SGD))
@@ -120,26 +114,3 @@ def test_compute_loss_trains_branches_separately(tiny, mh):
     out = model(batch)
     y = batch["labels"]
     torch.testing.assert_close(model.compute_loss(out, y), F.cross_entropy(out["audio_logits"], y) + F.cross_entropy(out["text_logits"], y))
-
-
-def test_speaker_checkpoint_mapping(tmp_path, mh):
-    from emoflow.models.archs.a2.model import SpeakerResNet, load_speaker_checkpoint
-
-    model = mh.build_tiny("a2")
-    sp = model.preset["model"]["speech"]
-    torch.manual_seed(5)
-    donor = SpeakerResNet(model.preset["features"]["logmel"]["n_mels"], sp["base_channels"], tuple(sp["blocks"]), sp["embed_dim"])
-    # a WeSpeaker-like checkpoint: ReLU (no PReLU slopes), wrapped and prefixed, with a margin head
-    state = {f"module.front.{k}": v for k, v in donor.state_dict().items() if ".act" not in k and not k.startswith("act")}
-    state["module.projection.weight"] = torch.randn(10, sp["embed_dim"])
-    torch.save({"model": state}, tmp_path / "spk.pt")
-    report = load_speaker_checkpoint(model, tmp_path / "spk.pt")
-    assert torch.equal(model.speech.layer3[0].conv1.weight, donor.layer3[0].conv1.weight)
-    assert torch.equal(model.speech.seg_1.weight, donor.seg_1.weight)
-    assert torch.equal(model.speech.layer2[0].shortcut[1].running_mean, donor.layer2[0].shortcut[1].running_mean)
-    assert report["ignored"] == ["module.projection.weight"]
-    assert report["missing"] and all(".act" in k or k.startswith("speech.act") for k in report["missing"])
-    bad = {"conv1.weight": torch.zeros(3, 1, 3, 3)}
-    torch.save(bad, tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match="conv1.weight"):
-        load_speaker_checkpoint(model, tmp_path / "bad.pt")

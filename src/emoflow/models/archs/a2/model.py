@@ -1,8 +1,19 @@
 """A2: speaker-ResNet34 + fine-tuned BERT, late score fusion (Padi et al. 2022).
 
-Speech: 128-d log-mel (segment mean/var normalised by the feature step) -> ResNet34 (BasicBlocks
-[3,4,6,3], 32 channels in the first block, PReLU, BatchNorm) -> statistics pooling (mean || std over
-real frames) -> 512-d embedding -> FC layers -> speech logits. Variable-length input.
+Speech: a speaker-recognition ResNet34 (``emoflow.models.speaker``: BasicBlocks [3,4,6,3], 32
+channels in the first block, BatchNorm, statistics pooling over real frames, FC embedding) ->
+FC layers -> speech logits; variable-length input at evaluation. Transfer (paper §3.2.1): the
+network pretrained on speaker recognition (``model.speech.checkpoint``: a WeSpeaker VoxCeleb
+ResNet34 hub id, folder, file or s3:// mirror, or one from ``emoflow pretrain-speaker``) gives the
+convolutions; its front-end (WeSpeaker: 80-dim Kaldi fbank with mean normalisation, computed in the
+model from the waveform), channels and activation (ReLU for WeSpeaker) follow the checkpoint;
+``transfer: conv`` replaces its FC (embedding) layer with a new random one as the paper does,
+``transfer: all`` keeps it. ``mode: linear_probe`` trains the FC layers only (refused without a
+checkpoint), ``finetune`` trains everything with two learning rates (groups ``speech_fc`` and
+``speech_backbone``). In training the speech branch sees random T-frame chunks
+(``chunk_frames``) and ``augment_copies`` SpecAugment-ed copies of each segment.
+Without a checkpoint the preset's own network trains from scratch (PReLU, 128-d log-mel of the
+features step: input ``logmel``).
 Text: BERT-base-uncased -> FC (hidden x C) -> text logits.
 Fusion (scores): S = w1 log p_speech + (1 - w1) log p_text ("weighted", w1 grid-searched on a
 held-out part of the training data with `fit_fusion_weight`) and the z-normalised equal-weight
@@ -15,108 +26,22 @@ Speaker-encoder transfer without a ResNet34 checkpoint (``model.speech.backbone`
 the GE2E speaker encoder; frozen in linear_probe mode, fine-tuned in finetune mode) on the
 waveform and uses its utterance embedding; "cached" uses the cached speaker embedding of the
 features step (inputs [speech_emb, text], batch "speech_vec" of width ``model.speech.embed_dim``).
-The default "resnet34" is the paper's log-mel ResNet34.
-
-Speaker-recognition checkpoint mapping (`load_speaker_checkpoint`): module names follow the
-WeSpeaker ResNet34 (`wespeaker/models/resnet.py`), input laid out [B, 1, F, T] as there:
-    conv1.weight, bn1.*                       -> speech.conv1.weight, speech.bn1.*
-    layer{1..4}.{i}.conv{1,2}.weight, .bn{1,2}.* -> speech.layer{1..4}.{i}.conv{1,2}.weight, ...
-    layer{2..4}.0.shortcut.{0,1}.*            -> speech.layer{2..4}.0.shortcut.{0,1}.*
-    seg_1.weight, seg_1.bias (stats -> embedding) -> speech.seg_1.*
-Prefixes "module.", "model.", "speaker_encoder.", "front." are stripped; classifier/margin heads
-("projection.*", "head.*", "seg_2.*", "seg_bn_1.*") are ignored. PReLU slopes (speech.*.act*) are
-absent from ReLU checkpoints and stay at 0.25 init; their names are reported as missing.
-Shapes must match (n_mels and channel widths of the preset = those of the checkpoint).
+The default "resnet34" is the paper's ResNet34.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emoflow.models.base import (
-    EmotionModel,
-    cross_entropy,
-    MaskedBatchNorm2d,
-    drop_unused_pooler,
-    encode_text,
-    lengths_from_mask,
-    masked_mean_std,
-    mlp,
-    time_mask,
-    zero_beyond,
-)
+from emoflow.models.base import EmotionModel, cross_entropy, drop_unused_pooler, encode_text, masked_mean_std, mlp
 from emoflow.models.registry import register
+from emoflow.models.speaker import SpeakerEncoder, SpeakerResNet, preset_network, read_speaker_checkpoint
 from emoflow.text.encoders import load_text_encoder
-
-T_DIM = 3  # time axis of [B, C, F, T]
-
-
-class BasicBlock(nn.Module):
-    """ResNet basic block (two 3x3 convs) with PReLU and masked BatchNorm."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int):
-        super().__init__()
-        self.stride = stride
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = MaskedBatchNorm2d(planes)
-        self.act1 = nn.PReLU(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = MaskedBatchNorm2d(planes)
-        self.act2 = nn.PReLU(planes)
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), MaskedBatchNorm2d(planes))
-        else:
-            self.shortcut = None
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = zero_beyond(x, lengths, T_DIM)
-        new = (lengths - 1) // self.stride + 1
-        h = self.act1(self.bn1(self.conv1(x), new, T_DIM))
-        h = self.bn2(self.conv2(zero_beyond(h, new, T_DIM)), new, T_DIM)
-        sc = x if self.shortcut is None else self.shortcut[1](self.shortcut[0](x), new, T_DIM)
-        return self.act2(h + sc), new
-
-
-class SpeakerResNet(nn.Module):
-    """ResNet34 speaker encoder: [B,T,F] log-mel + mask -> [B, embed_dim] embedding."""
-
-    def __init__(self, n_mels: int = 128, base: int = 32, blocks=(3, 4, 6, 3), embed_dim: int = 512):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, base, 3, stride=1, padding=1, bias=False)
-        self.bn1 = MaskedBatchNorm2d(base)
-        self.act1 = nn.PReLU(base)
-        planes, in_planes, f = base, base, n_mels
-        for i, n in enumerate(blocks):
-            stride = 1 if i == 0 else 2
-            layer = nn.ModuleList()
-            for j in range(n):
-                layer.append(BasicBlock(in_planes, planes, stride if j == 0 else 1))
-                in_planes = planes
-            setattr(self, f"layer{i + 1}", layer)
-            if stride == 2:
-                f = (f - 1) // 2 + 1
-            planes *= 2
-        self.n_layers = len(blocks)
-        self.stats_dim = 2 * in_planes * f
-        self.seg_1 = nn.Linear(self.stats_dim, embed_dim)
-        self.embed_dim = embed_dim
-
-    def forward(self, logmel: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        lengths = lengths_from_mask(mask, "logmel_mask")
-        x = logmel.transpose(1, 2).unsqueeze(1)  # [B,1,F,T]
-        x = self.act1(self.bn1(self.conv1(zero_beyond(x, lengths, T_DIM)), lengths, T_DIM))
-        for i in range(self.n_layers):
-            for block in getattr(self, f"layer{i + 1}"):
-                x, lengths = block(x, lengths)
-        frames = x.flatten(1, 2).transpose(1, 2)  # [B,T',C*F']
-        mean, std = masked_mean_std(frames, time_mask(lengths, frames.shape[1]))
-        return self.seg_1(torch.cat([mean, std], dim=1))
-
 
 def unweighted_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Mean per-class recall over the classes present in y_true."""
@@ -177,10 +102,9 @@ class A2(EmotionModel):
         if self.speech_mode not in ("finetune", "linear_probe"):
             raise ValueError(f"model.speech.mode must be 'finetune' or 'linear_probe', got {self.speech_mode!r}")
         if self.backbone == "resnet34":
-            self.speech = SpeakerResNet(
-                n_mels, base=int(sp.get("base_channels", 32)), blocks=tuple(sp.get("blocks", [3, 4, 6, 3])), embed_dim=int(sp.get("embed_dim", 512))
-            )
-            embed_dim = self.speech.embed_dim
+            self.speech, self.transfer = self._speaker_network(sp, n_mels)
+            self.inputs = {self.speech.input_key, "text"}
+            embed_dim = self.speech.net.embed_dim
         elif self.backbone == "speaker_encoder":
             from emoflow.audio.encoders import load_speech_encoder
 
@@ -198,7 +122,14 @@ class A2(EmotionModel):
             raise ValueError(f"model.speech.backbone must be 'resnet34', 'speaker_encoder' or 'cached', got {self.backbone!r}")
         self.speech_head = mlp([embed_dim, *sp.get("head_hidden", [256]), C], dropout=float(sp.get("dropout", 0.2)), act=nn.PReLU)
         if self.speech_mode == "linear_probe":
-            for p in self.speech.parameters():  # frozen conv stack and embedding; only the FC head trains
+            if self.backbone == "resnet34" and self.transfer is None:
+                raise ValueError(
+                    "a2: model.speech.mode linear_probe freezes the speaker ResNet, but no model.speech.checkpoint "
+                    "is set: it would train a head on random convolutions. Give a pretrained speaker checkpoint "
+                    "(a WeSpeaker VoxCeleb ResNet34 hub id, folder or s3:// mirror, or one from "
+                    "`emoflow pretrain-speaker`), or use mode finetune")
+            frozen = self.speech.net.conv_parameters() if self.backbone == "resnet34" else self.speech.parameters()
+            for p in frozen:  # linear probing: only the new FC layers train
                 p.requires_grad = False
         spec = m["text_encoder"]
         self.tokenizer, self.text_encoder = load_text_encoder(spec)
@@ -222,10 +153,43 @@ class A2(EmotionModel):
     def speech_frontend(self) -> nn.Module:
         return self.speech
 
+    def _speaker_network(self, sp: dict, n_mels: int) -> tuple[SpeakerEncoder, dict | None]:
+        """The speaker ResNet: the preset's network, or the checkpoint's (its front-end, channels,
+        activation; the embedding size too with ``transfer: all``) with its weights loaded.
+
+        Once loaded, the preset records the network it built and the source as
+        ``checkpoint_loaded`` (a saved model is rebuilt from that, without the checkpoint)."""
+        transfer = sp.get("transfer", "conv")
+        if transfer not in ("conv", "all"):
+            raise ValueError(f"model.speech.transfer must be 'conv' or 'all', got {transfer!r}")
+        cfg = preset_network(sp, n_mels)
+        ckpt = None
+        if sp.get("checkpoint") and torch.empty(0).device.type != "meta":  # meta: parameter counts only
+            ckpt = read_speaker_checkpoint(sp["checkpoint"])
+            cfg = ckpt.config if transfer == "all" else dataclasses.replace(ckpt.config, embed_dim=cfg.embed_dim)
+        views = {"chunk_frames": sp.get("chunk_frames"), "copies": int(sp.get("augment_copies") or 0),
+                 "specaugment": sp.get("specaugment")}
+        encoder = SpeakerEncoder(cfg, **views)
+        info = None
+        if ckpt is not None:
+            info = ckpt.load_into(encoder.net, transfer)
+            record = self.preset["model"]["speech"]
+            record.update({"base_channels": cfg.base_channels, "blocks": list(cfg.blocks), "embed_dim": cfg.embed_dim,
+                           "activation": cfg.activation, "frontend": cfg.frontend or "features",
+                           "checkpoint_loaded": record.pop("checkpoint")})
+            if cfg.frontend is None:
+                self.preset.setdefault("features", {}).setdefault("logmel", {})["n_mels"] = cfg.n_mels
+        elif sp.get("checkpoint") or sp.get("checkpoint_loaded"):
+            info = {"source": sp.get("checkpoint") or sp.get("checkpoint_loaded")}
+        return encoder, info
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.speech_mode == "linear_probe":
-            self.speech.eval()  # frozen BatchNorm statistics stay fixed
+            net = self.speech.net if self.backbone == "resnet34" else self.speech
+            net.eval()  # frozen BatchNorm statistics stay fixed
+            if self.backbone == "resnet34":
+                self.speech.net.seg_1.train(mode)
         return self
 
     def set_fusion(self, fit: dict) -> None:
@@ -244,16 +208,19 @@ class A2(EmotionModel):
         self.check(batch, mode)
         out = {}
         if mode in ("both", "audio"):
+            # in training the speech branch may see augmented copies after the batch ([B x (1 + copies)]):
+            # its loss uses them all, the scores below the first B
             out["audio_logits"] = self.speech_head(self._speech_embedding(batch))
         if mode in ("both", "text"):
             h = encode_text(self.text_encoder, batch, self.text_pooling)
             out["text_logits"] = self.text_head(self.text_dropout(h))
+        n = out["audio_logits"].shape[0] // (1 + self._copies()) if "audio_logits" in out else None
         if mode == "audio":
-            out["logits"] = F.log_softmax(out["audio_logits"], dim=1)
+            out["logits"] = F.log_softmax(out["audio_logits"][:n], dim=1)
         elif mode == "text":
             out["logits"] = F.log_softmax(out["text_logits"], dim=1)
         else:
-            lp_a = F.log_softmax(out["audio_logits"], dim=1)
+            lp_a = F.log_softmax(out["audio_logits"][:n], dim=1)
             lp_t = F.log_softmax(out["text_logits"], dim=1)
             w1 = self.fusion_w1
             out["logits_weighted"] = w1 * lp_a + (1 - w1) * lp_t
@@ -263,7 +230,7 @@ class A2(EmotionModel):
 
     def _speech_embedding(self, batch: dict) -> torch.Tensor:
         if self.backbone == "resnet34":
-            return self.speech(batch["logmel"], batch["logmel_mask"])
+            return self.speech(batch)  # in training: the batch and its augmented copies
         if self.backbone == "cached":
             if "speech_vec" not in batch:
                 raise KeyError("a2 (backbone cached) needs batch key 'speech_vec' (features step with encoders)")
@@ -273,65 +240,35 @@ class A2(EmotionModel):
         frames, fmask = self.speech(batch["wave"], batch["wave_mask"])
         return masked_mean_std(frames, fmask)[0]
 
+    def _copies(self) -> int:
+        """Augmented copies the speech branch adds to a training batch."""
+        return self.speech.copies if self.backbone == "resnet34" and self.speech.training else 0
+
     def compute_loss(self, out: dict, labels: torch.Tensor, class_weight: torch.Tensor | None = None) -> torch.Tensor:
-        """Each branch is trained on its own (score-level fusion is fitted afterwards)."""
-        losses = [cross_entropy(out[k], labels, class_weight) for k in ("audio_logits", "text_logits") if k in out]
+        """Each branch is trained on its own (score-level fusion is fitted afterwards); the speech
+        loss covers each segment and its augmented copies."""
+        losses = [cross_entropy(out[k], labels.repeat(out[k].shape[0] // labels.shape[0]), class_weight)
+                  for k in ("audio_logits", "text_logits") if k in out]
         return sum(losses)
 
     def param_groups(self):
-        """speech (SGD, lr by mode: linear_probe / finetune) and text (Adam) groups from train.groups."""
-        groups = self._groups_from_preset(
-            {
-                "speech": list(self.speech.parameters()) + list(self.speech_head.parameters()),
-                "text": list(self.text_encoder.parameters()) + list(self.text_head.parameters()),
-            }
-        )
+        """Optimizer groups from train.groups: ``speech_fc`` (the segment-level FC layers: the
+        speaker network's embedding layer and the emotion head), ``speech_backbone`` (the
+        frame-level convolutions, or the whole speech encoder of the other backbones) and
+        ``text``; a preset giving one ``speech`` group puts both speech parts in it. A group's
+        ``lr_by_mode`` {linear_probe: lr, finetune: lr} picks its learning rate by ``model.speech.mode``."""
+        if self.backbone == "resnet34":
+            backbone = self.speech.net.conv_parameters()
+            fc = list(self.speech.net.seg_1.parameters()) + list(self.speech_head.parameters())
+        else:
+            backbone, fc = list(self.speech.parameters()), list(self.speech_head.parameters())
+        text = list(self.text_encoder.parameters()) + list(self.text_head.parameters())
+        given = self.preset.get("train", {}).get("groups") or {}
+        speech = {"speech": fc + backbone} if "speech" in given else {"speech_fc": fc, "speech_backbone": backbone}
+        groups = self._groups_from_preset({**speech, "text": text})
         for g in groups:
-            lr_by_mode = self.preset.get("train", {}).get("groups", {}).get(g["name"], {}).get("lr_by_mode")
+            lr_by_mode = given.get(g["name"], {}).get("lr_by_mode")
             if lr_by_mode:
                 g["lr"] = float(lr_by_mode[self.speech_mode])
             g.pop("lr_by_mode", None)
         return groups
-
-
-SPEAKER_PREFIXES = ("module.", "model.", "speaker_encoder.", "front.")
-SPEAKER_IGNORED = ("projection.", "head.", "seg_2.", "seg_bn_1.", "classifier.")
-
-
-def load_speaker_checkpoint(model: A2, path: str | Path) -> dict:
-    """Load a speaker-recognition ResNet34 checkpoint into model.speech (mapping in the module doc).
-
-    Accepts .safetensors or a torch file (read with weights_only=True; a dict holding the
-    state dict under "state_dict"/"model" is unwrapped). Returns {"loaded", "missing", "ignored"}.
-    """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for k in ("state_dict", "model"):
-            if isinstance(state, dict) and isinstance(state.get(k), dict):
-                state = state[k]
-    own = model.speech.state_dict()
-    mapped, ignored = {}, []
-    for key, value in state.items():
-        k = key
-        changed = True
-        while changed:
-            changed = False
-            for p in SPEAKER_PREFIXES:
-                if k.startswith(p):
-                    k, changed = k[len(p) :], True
-        if k.startswith(SPEAKER_IGNORED) or k not in own:
-            ignored.append(key)
-            continue
-        if tuple(value.shape) != tuple(own[k].shape):
-            raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, model expects speech.{k} {tuple(own[k].shape)}")
-        mapped[k] = value
-    if not mapped:
-        raise ValueError(f"{path}: no ResNet34 speaker weights recognised (first keys: {list(state)[:5]})")
-    model.speech.load_state_dict(mapped, strict=False)
-    missing = [f"speech.{k}" for k in own if k not in mapped]
-    return {"loaded": sorted(mapped), "missing": missing, "ignored": ignored}
