@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_canary)
 
     for module in ("emoflow.registry.cli", "emoflow.text.encoders", "emoflow.monitoring.cli", "emoflow.assets",
-                   "emoflow.doctor"):
+                   "emoflow.doctor", "emoflow.training.speaker"):
         try:
             mod = __import__(module, fromlist=["add_cli"])
         except ImportError as exc:
