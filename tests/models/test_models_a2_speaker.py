@@ -40,6 +40,18 @@ def build(preset):
     return build_model("a2", preset, LABELS)
 
 
+@pytest.fixture
+def private_home(tmp_path, monkeypatch):
+    """$EMOFLOW_HOME in tmp (store downloads land there), sharing the offline assets (tokenizer)."""
+    from emoflow.config import assets_dir
+
+    assets = assets_dir()
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "assets").symlink_to(assets)
+    monkeypatch.setenv("EMOFLOW_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
 @pytest.fixture(scope="module")
 def small_ckpt(tmp_path_factory):
     state = wespeaker_resnet_state(**SMALL)
@@ -96,7 +108,7 @@ def test_checkpoint_is_loaded_strictly(tmp_path):
         build(paper_preset(tmp_path / "other.pt"))
 
 
-def test_checkpoint_sources_file_wrapped_safetensors_and_store_mirror(tmp_path, small_ckpt):
+def test_checkpoint_sources_file_wrapped_safetensors_and_store_mirror(tmp_path, small_ckpt, private_home):
     from safetensors.torch import save_file
 
     state, folder = small_ckpt
@@ -228,3 +240,50 @@ def test_prelu_checkpoint_keeps_its_slopes(tmp_path):
     assert isinstance(net.act1, nn.PReLU) and torch.equal(net.act1.weight, donor.act1.weight)
     assert torch.equal(net.layer2[0].act2.weight, donor.layer2[0].act2.weight)
     assert model.speech.frontend.n_mels == 40 and model.speech.frontend.normalize == "meanvar"
+
+
+def test_hub_id_from_the_run_asset_mirror(tmp_path, monkeypatch, small_ckpt, private_home):
+    """In a pod the hub cache is empty: a hub id comes from <$EMOFLOW_ASSETS_URI>/hub/<id>/ (the
+    run's asset mirror, pipeline parameter `assets`)."""
+    import huggingface_hub.constants as hc
+
+    state, folder = small_ckpt
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    mirror = tmp_path / "mirror"
+    target = mirror / "hub" / "Wespeaker" / "wespeaker-voxceleb-resnet34"
+    target.mkdir(parents=True)
+    for f in ("avg_model.pt", "config.yaml"):
+        (target / f).write_bytes((folder / f).read_bytes())
+    monkeypatch.setenv("EMOFLOW_ASSETS_URI", f"file://{mirror}")
+    model = build(paper_preset("Wespeaker/wespeaker-voxceleb-resnet34"))
+    assert torch.equal(model.speech.net.conv1.weight, state["conv1.weight"])
+    monkeypatch.setenv("EMOFLOW_ASSETS_URI", f"file://{tmp_path / 'other'}")
+    from emoflow.models.speaker import SpeakerCheckpointError
+
+    with pytest.raises(SpeakerCheckpointError, match="not in the asset mirror either"):
+        build(paper_preset("Wespeaker/wespeaker-voxceleb-resnet35"))
+
+
+def test_trains_through_the_trainer(small_ckpt):
+    """One epoch of the paper preset (small checkpoint, tiny text encoder) through `fit`: waveforms
+    in, chunks and augmented copies in the speech branch, both learning rates stepping."""
+    import numpy as np
+
+    from emoflow.training.data import Item, UtteranceDataset
+    from emoflow.training.trainer import TrainConfig, fit
+
+    _, folder = small_ckpt
+    preset = paper_preset(folder)
+    preset["train"].update(epochs=1, batch_size=4)
+    model = build(preset)
+    rng = np.random.default_rng(0)
+    items = [Item(id=f"u{i}", label=i % 4, text=["so angry", "great", "fine", "sad day"][i % 4], dialogue=f"d{i}",
+                  wave=(0.1 * rng.standard_normal(int(16000 * rng.uniform(0.8, 2.0)))).astype(np.float32))
+             for i in range(8)]
+    before = model.speech.net.conv1.weight.detach().clone()
+    result = fit(model, UtteranceDataset(items), UtteranceDataset(items[:4]), TrainConfig.from_preset(preset),
+                 device=torch.device("cpu"), progress=False)
+    assert result.epochs_run == 1 and np.isfinite(result.history[0]["loss"])
+    assert not torch.equal(model.speech.net.conv1.weight, before)  # fine-tuned at 10^-3

@@ -64,10 +64,12 @@ def test_pretrain_speaker_writes_a_checkpoint_a2_loads(tmp_path):
     assert isinstance(model.speech.net.act1, torch.nn.ReLU)
 
 
-def test_pretrain_speaker_cli(tmp_path, capsys):
+def test_pretrain_speaker_cli(tmp_path, capsys, monkeypatch):
     import yaml
 
     from emoflow.cli import main
+
+    monkeypatch.setenv("EMOFLOW_HOME", str(tmp_path / "home"))  # the store download lands there
 
     corpus = synthetic_speakers(tmp_path, speakers=2, per_speaker=4)
     over = {"model": TINY["model"], "train": {**TINY["train"], "epochs": 1}}

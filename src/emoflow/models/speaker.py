@@ -57,6 +57,7 @@ HEAD_PREFIXES = ("projection.",)
 WRAPPER_PREFIXES = ("module.", "resnet.")
 WEIGHT_FILES = ("speaker.safetensors", "avg_model.pt", "pytorch_model.bin", "model.safetensors", "final_model.pt")
 CONFIG_FILE = "speaker.json"
+HUB_MIRROR_PREFIX = "hub"  # a hub id's files in the run's asset mirror: <mirror>/hub/<org>/<name>/
 
 
 class SpeakerCheckpointError(ValueError):
@@ -316,7 +317,8 @@ def _download_store_source(uri: str) -> Path:
 
 def resolve_speaker_source(source: str) -> Path:
     """A local file or folder for a checkpoint source: a path, an ``s3://`` / ``file://`` mirror,
-    or a hub id (read from the local hub cache when the hub is offline)."""
+    or a hub id (read from the local hub cache when the hub is offline; else, in a pod, from
+    ``<$EMOFLOW_ASSETS_URI>/hub/<hub id>/``, the run's asset mirror)."""
     if not isinstance(source, str) or not source:
         raise SpeakerCheckpointError(f"speaker checkpoint source must be a non-empty string, got {source!r}")
     if source.startswith(("s3://", "file://")):
@@ -328,12 +330,22 @@ def resolve_speaker_source(source: str) -> Path:
         raise SpeakerCheckpointError(f"speaker checkpoint {source!r}: no such file or folder")
     from huggingface_hub import snapshot_download
 
+    from emoflow.assets import MIRROR_ENV, mirror_uri
+
     try:
         return Path(snapshot_download(source, allow_patterns=["*.pt", "*.bin", "*.safetensors", "*.yaml", "*.json"],
                                       local_files_only=_hub_offline()))
     except Exception as exc:  # noqa: BLE001  (hub errors: not cached, no network, no such repo)
+        mirror = mirror_uri()
+        if mirror:  # pods: the asset mirror of the run (pipeline parameter `assets`) holds hub/<id>/
+            uri = f"{mirror.rstrip('/')}/{HUB_MIRROR_PREFIX}/{source}"
+            try:
+                return _download_store_source(uri)
+            except Exception as mirror_exc:  # noqa: BLE001
+                exc = RuntimeError(f"{exc}; not in the asset mirror either ({uri}: {mirror_exc})")
         hint = ("the hub is offline here (HF_HUB_OFFLINE=1) and it is not in the local hub cache; "
-                "download it where the hub is reachable, or give a local folder/file or an s3:// mirror"
+                "download it where the hub is reachable, give a local folder/file or an s3:// mirror, or "
+                f"copy it to <${MIRROR_ENV}>/{HUB_MIRROR_PREFIX}/{source}/ (`emoflow mirror {source} <that URI>`)"
                 if _hub_offline() else "check the hub id, or give a local folder/file or an s3:// mirror")
         raise SpeakerCheckpointError(f"speaker checkpoint {source!r}: {hint} ({type(exc).__name__}: {exc})") from exc
 

@@ -274,7 +274,9 @@ def mirror(hub_id: str, s3_uri: str) -> list[str]:
 
     if _hub_offline():
         raise EncoderLoadError(f"cannot mirror {hub_id!r}: HF_HUB_OFFLINE is set; run this where the hub is reachable")
-    folder = Path(snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.py"]))
+    # *.pt / *.yaml: speaker checkpoints (WeSpeaker's avg_model.pt + config.yaml, emoflow.models.speaker)
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.py", "*.pt", "*.yaml"]
+    folder = Path(snapshot_download(hub_id, allow_patterns=patterns))
     store = open_store(s3_uri.rstrip("/"))
     keys = []
     for path in sorted(folder.rglob("*")):
