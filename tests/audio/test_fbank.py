@@ -52,3 +52,13 @@ def test_filters_and_bad_settings():
     with pytest.raises(ValueError, match="low_freq"):
         KaldiFbank(low_freq=9000)
     assert not KaldiFbank().state_dict()  # no parameters, no persistent buffers
+
+
+def test_float32_under_autocast():
+    fb = KaldiFbank()
+    wave = torch.randn(1, 8000) * 0.1
+    ref, _ = fb(wave)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        got, _ = fb(wave)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref)

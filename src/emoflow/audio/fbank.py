@@ -91,6 +91,10 @@ class KaldiFbank(nn.Module):
         return torch.clamp((n_samples - self.frame_length) // self.frame_shift + 1, min=1)
 
     def forward(self, wave: torch.Tensor, wave_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(device_type=wave.device.type, enabled=False):  # log energies in float32
+            return self._fbank(wave, wave_mask)
+
+    def _fbank(self, wave: torch.Tensor, wave_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if wave.dim() != 2:
             raise ValueError(f"fbank expects waves [B, S], got shape {tuple(wave.shape)}")
         x = wave.float() * self.scale
