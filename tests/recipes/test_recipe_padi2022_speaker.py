@@ -1,7 +1,7 @@
 """The Padi 2022 recipe with its speaker-recognition transfer: end to end for one epoch on the
 IEMOCAP fixture, the paper preset loading a WeSpeaker-format ResNet (small, random) instead of
 swapping the speech branch for a stand-in; the trained and saved model holds the checkpoint's
-first convolution moved by fine-tuning, and its front-end and activation."""
+first convolution moved by fine-tuning, and its front-end and activation; the predictor serves it."""
 
 from __future__ import annotations
 
@@ -53,3 +53,17 @@ def test_padi2022_recipe_trains_from_a_wespeaker_checkpoint(tmp_path):
     assert model.preset["model"]["speech"]["checkpoint_loaded"] == str(ckpt)
     moved = (net.conv1.weight - state["conv1.weight"]).abs().max()
     assert 0 < moved < 0.5  # fine-tuned from the checkpoint at 10^-3, not from a random init
+    # served: the predictor feeds the waveform, the model computes the checkpoint's front-end
+    import asyncio
+    import base64
+
+    from emoflow.corpora import read_manifest
+    from emoflow.serving.predictor import EmotionPredictor, ServingConfig
+    from emoflow.storage import read_uri
+
+    p = EmotionPredictor("emo", str(out), config=ServingConfig(model_workers=1, prep_threads=1))
+    p.load()
+    utt = read_manifest(work / "features.jsonl")[0]
+    body = {"instances": [{"audio": base64.b64encode(read_uri(utt.audio)).decode(), "text": utt.text}]}
+    res = asyncio.run(p.predict(body))["predictions"][0]
+    assert res["label"] in model.labels and abs(sum(res["probabilities"].values()) - 1) < 1e-4
