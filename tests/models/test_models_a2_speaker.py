@@ -224,7 +224,8 @@ def test_saved_model_is_rebuilt_without_the_checkpoint(tmp_path):
 
 
 def test_prelu_checkpoint_keeps_its_slopes(tmp_path):
-    from emoflow.models.speaker import SpeakerNetConfig, SpeakerResNet, save_speaker_checkpoint
+    from emoflow.models.speaker import SpeakerNetConfig, SpeakerResNet
+    from emoflow.models.speaker_checkpoint import save_speaker_checkpoint
 
     torch.manual_seed(1)
     cfg = SpeakerNetConfig(n_mels=40, base_channels=4, blocks=(1, 1, 1, 1), embed_dim=16, activation="prelu",

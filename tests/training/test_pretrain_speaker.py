@@ -78,7 +78,7 @@ def test_pretrain_speaker_cli(tmp_path, capsys, monkeypatch):
     assert main(["pretrain-speaker", "--corpus", str(corpus), "--out", out, "--recipe", "paper",
                  "--preset", str(tmp_path / "tiny.yaml")]) == 0
     assert "speaker checkpoint" in capsys.readouterr().out
-    from emoflow.models.speaker import read_speaker_checkpoint
+    from emoflow.models.speaker_checkpoint import read_speaker_checkpoint
 
     ckpt = read_speaker_checkpoint(out)
     assert ckpt.config.activation == "prelu" and ckpt.config.n_mels == 40  # the paper recipe: PReLU

@@ -274,7 +274,7 @@ def mirror(hub_id: str, s3_uri: str) -> list[str]:
 
     if _hub_offline():
         raise EncoderLoadError(f"cannot mirror {hub_id!r}: HF_HUB_OFFLINE is set; run this where the hub is reachable")
-    # *.pt / *.yaml: speaker checkpoints (WeSpeaker's avg_model.pt + config.yaml, emoflow.models.speaker)
+    # *.pt / *.yaml: speaker checkpoints (WeSpeaker's avg_model.pt + config.yaml, emoflow.models.speaker_checkpoint)
     patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.py", "*.pt", "*.yaml"]
     folder = Path(snapshot_download(hub_id, allow_patterns=patterns))
     store = open_store(s3_uri.rstrip("/"))

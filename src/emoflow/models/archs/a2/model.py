@@ -40,7 +40,8 @@ from torch import nn
 
 from emoflow.models.base import EmotionModel, cross_entropy, drop_unused_pooler, encode_text, masked_mean_std, mlp
 from emoflow.models.registry import register
-from emoflow.models.speaker import SpeakerEncoder, SpeakerResNet, preset_network, read_speaker_checkpoint
+from emoflow.models.speaker import SpeakerEncoder, preset_network
+from emoflow.models.speaker_checkpoint import read_speaker_checkpoint
 from emoflow.text.encoders import load_text_encoder
 
 def unweighted_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
