@@ -12,8 +12,8 @@ model from the waveform), channels and activation (ReLU for WeSpeaker) follow th
 checkpoint), ``finetune`` trains everything with two learning rates (groups ``speech_fc`` and
 ``speech_backbone``). In training the speech branch sees random T-frame chunks
 (``chunk_frames``) and ``augment_copies`` SpecAugment-ed copies of each segment.
-Without a checkpoint the preset's own network trains from scratch (PReLU, 128-d log-mel of the
-features step: input ``logmel``).
+Without a checkpoint the network the preset declares trains from scratch (``frontend: features``,
+the default, takes the features step's log-mel: input ``logmel``; ``activation`` prelu by default).
 Text: BERT-base-uncased -> FC (hidden x C) -> text logits.
 Fusion (scores): S = w1 log p_speech + (1 - w1) log p_text ("weighted", w1 grid-searched on a
 held-out part of the training data with `fit_fusion_weight`) and the z-normalised equal-weight
@@ -103,7 +103,7 @@ class A2(EmotionModel):
         if self.speech_mode not in ("finetune", "linear_probe"):
             raise ValueError(f"model.speech.mode must be 'finetune' or 'linear_probe', got {self.speech_mode!r}")
         if self.backbone == "resnet34":
-            self.speech, self.transfer = self._speaker_network(sp, n_mels)
+            self.speech, self.speaker_checkpoint = self._speaker_network(sp, n_mels)
             self.inputs = {self.speech.input_key, "text"}
             embed_dim = self.speech.net.embed_dim
         elif self.backbone == "speaker_encoder":
@@ -123,7 +123,7 @@ class A2(EmotionModel):
             raise ValueError(f"model.speech.backbone must be 'resnet34', 'speaker_encoder' or 'cached', got {self.backbone!r}")
         self.speech_head = mlp([embed_dim, *sp.get("head_hidden", [256]), C], dropout=float(sp.get("dropout", 0.2)), act=nn.PReLU)
         if self.speech_mode == "linear_probe":
-            if self.backbone == "resnet34" and self.transfer is None:
+            if self.backbone == "resnet34" and self.speaker_checkpoint is None:
                 raise ValueError(
                     "a2: model.speech.mode linear_probe freezes the speaker ResNet, but no model.speech.checkpoint "
                     "is set: it would train a head on random convolutions. Give a pretrained speaker checkpoint "
@@ -156,7 +156,8 @@ class A2(EmotionModel):
 
     def _speaker_network(self, sp: dict, n_mels: int) -> tuple[SpeakerEncoder, dict | None]:
         """The speaker ResNet: the preset's network, or the checkpoint's (its front-end, channels,
-        activation; the embedding size too with ``transfer: all``) with its weights loaded.
+        activation; the embedding size too with ``transfer: all``) with its weights loaded; and
+        what was loaded (None without a checkpoint).
 
         Once loaded, the preset records the network it built and the source as
         ``checkpoint_loaded`` (a saved model is rebuilt from that, without the checkpoint)."""
