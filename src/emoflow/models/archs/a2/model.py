@@ -32,6 +32,7 @@ The default "resnet34" is the paper's ResNet34.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import torch
@@ -43,6 +44,9 @@ from emoflow.models.registry import register
 from emoflow.models.speaker import SpeakerEncoder, preset_network
 from emoflow.models.speaker_checkpoint import read_speaker_checkpoint
 from emoflow.text.encoders import load_text_encoder
+
+log = logging.getLogger("emoflow.models.a2")
+
 
 def unweighted_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Mean per-class recall over the classes present in y_true."""
@@ -175,6 +179,9 @@ class A2(EmotionModel):
         info = None
         if ckpt is not None:
             info = ckpt.load_into(encoder.net, transfer)
+            log.info("a2: speaker checkpoint %s: %d tensors loaded, new %s, set aside %s; front-end %s, %s",
+                     info["source"], len(info["loaded"]), info["kept_new"] or "none", info["ignored"] or "none",
+                     cfg.frontend or "features step log-mel", cfg.activation)
             record = self.preset["model"]["speech"]
             record.update({"base_channels": cfg.base_channels, "blocks": list(cfg.blocks), "embed_dim": cfg.embed_dim,
                            "activation": cfg.activation, "frontend": cfg.frontend or "features",
