@@ -12,6 +12,11 @@ selection. The output folder (``speaker.safetensors`` with WeSpeaker key names, 
 with the network and front-end) is what ``model.speech.checkpoint`` of an A2 preset loads;
 ``--out`` may also be an ``s3://`` / ``file://`` location.
 
+Scale: the trainer holds its dataset in memory (waveforms as float32, about 230 MB per hour of
+16 kHz audio), so this pretrains on corpora of tens of hours on one machine; VoxCeleb-scale
+pretraining (the paper's "over 7000 speakers", thousands of hours) is WeSpeaker's own recipe,
+whose checkpoint ``model.speech.checkpoint`` loads directly.
+
 Recipes (``RECIPES``): "wespeaker", the network and front-end of WeSpeaker's VoxCeleb ResNet34
 (80-dim fbank with mean normalisation, ReLU, 256-d embedding, 200-frame chunks; choice: a plain
 softmax head instead of its additive-angular-margin head); "paper", Padi et al. 2022's own
