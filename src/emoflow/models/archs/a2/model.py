@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emoflow.models.base import EmotionModel, cross_entropy, drop_unused_pooler, encode_text, masked_mean_std, mlp
+from emoflow.models.base import (EmotionModel, binary_cross_entropy, cross_entropy, drop_unused_pooler, encode_text,
+                                 masked_mean_std, mlp)
 from emoflow.models.registry import register
 from emoflow.models.speaker import SpeakerEncoder, preset_network
 from emoflow.models.speaker_checkpoint import read_speaker_checkpoint
@@ -256,8 +257,13 @@ class A2(EmotionModel):
     def compute_loss(self, out: dict, labels: torch.Tensor, class_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Each branch is trained on its own (score-level fusion is fitted afterwards); the speech
         loss covers each segment and its augmented copies."""
-        losses = [cross_entropy(out[k], labels.repeat(out[k].shape[0] // labels.shape[0]), class_weight)
-                  for k in ("audio_logits", "text_logits") if k in out]
+        multi_hot = labels.is_floating_point() and labels.dim() == 2  # multi-label training: BCE
+        loss_of = binary_cross_entropy if multi_hot else cross_entropy
+        losses = []
+        for key in ("audio_logits", "text_logits"):
+            if key in out:
+                copies = out[key].shape[0] // labels.shape[0]
+                losses.append(loss_of(out[key], labels.repeat(copies, *[1] * (labels.dim() - 1)), class_weight))
         return sum(losses)
 
     def param_groups(self):
