@@ -95,7 +95,7 @@ def test_linear_probe_and_finetune_groups(mh):
 
     preset = load_preset("a2", "tiny")
     preset["model"]["speech"]["mode"] = "linear_probe"
-    preset["train"]["groups"]["speech"]["lr_by_mode"]["linear_probe"] = 0.1
+    preset["train"]["param_groups"]["speech"]["lr_by_mode"]["linear_probe"] = 0.1
     probe = build_model("a2", preset, mh.LABELS)
     assert not any(p.requires_grad for p in probe.speech.parameters())
     groups = {g["name"]: g for g in probe.param_groups()}

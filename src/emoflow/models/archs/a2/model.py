@@ -278,19 +278,16 @@ class A2(EmotionModel):
         losses = [cross_entropy(out[k], labels, class_weight) for k in ("audio_logits", "text_logits") if k in out]
         return sum(losses)
 
+    group_keys = EmotionModel.group_keys | {"lr_by_mode"}
+
     def param_groups(self):
-        """speech (SGD, lr by mode: linear_probe / finetune) and text (Adam) groups from train.groups."""
-        groups = self._groups_from_preset(
-            {
-                "speech": list(self.speech.parameters()) + list(self.speech_head.parameters()),
-                "text": list(self.text_encoder.parameters()) + list(self.text_head.parameters()),
-            }
-        )
+        """The preset's param_groups; a group's ``lr_by_mode`` {linear_probe: lr, finetune: lr}
+        picks its learning rate by ``model.speech.mode``."""
+        groups = super().param_groups()
         for g in groups:
-            lr_by_mode = self.preset.get("train", {}).get("groups", {}).get(g["name"], {}).get("lr_by_mode")
+            lr_by_mode = g.pop("lr_by_mode", None)
             if lr_by_mode:
                 g["lr"] = float(lr_by_mode[self.speech_mode])
-            g.pop("lr_by_mode", None)
         return groups
 
 
