@@ -108,7 +108,7 @@ def test_param_groups_patterns_freeze_and_errors(mh):
     p = copy.deepcopy(base)
     p["train"]["groups"] = {"text_encoder": {"lr": 1e-5}}
     with pytest.raises(ValueError, match="train.groups is now train.param_groups"):
-        build_model("a1", p, mh.LABELS)
+        build_model("a1", p, mh.LABELS).param_groups()
 
 
 @pytest.mark.parametrize("arch,name", [(a, n) for a, n in list_presets() if a in discover()
@@ -159,3 +159,23 @@ def test_a4_paper_variants_mpnet_base_and_frozen_layer_mix(mh):
     assert all(q.grad is None for q in tiny.text_encoder.parameters())
     names = {g["name"] for g in tiny.param_groups()}
     assert names == {"rest"}
+
+
+def test_a_model_saved_before_param_groups_still_loads(tmp_path, mh):
+    """Saved presets from before this layout (train.groups, no parallel_bn, a numeric out_dim) load
+    as they were saved; only training them asks for the new key."""
+    from emoflow.models import load_model, save_model
+
+    old = copy.deepcopy(load_preset("a1", "tiny"))
+    del old["model"]["speech"]["parallel_bn"]
+    old["model"]["text"]["out_dim"] = 16
+    old["train"]["groups"] = {"text_encoder": {"lr": 1e-5}, "head": {"lr": 1e-3}}
+    torch.manual_seed(0)
+    model = build_model("a1", old, mh.LABELS)
+    loaded = load_model(save_model(model, tmp_path / "old"))
+    assert loaded.speech.parallel_bn is None and loaded.text_out.out_features == 16
+    batch = mh.make_batch(loaded)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch)["logits"], model.eval()(batch)["logits"])
+    with pytest.raises(ValueError, match="train.groups is now train.param_groups"):
+        loaded.param_groups()

@@ -152,6 +152,8 @@ class EmotionModel(nn.Module):
         module in eval mode while the model trains (no dropout, fixed BatchNorm statistics: a
         frozen feature extractor). Returns the frozen parameter names."""
         frozen, modules = [], dict(self.named_modules())
+        if not (self.preset.get("train") or {}).get("param_groups"):
+            return frozen  # (nothing to freeze; a model saved with the old train.groups still loads)
         for _, opts, patterns, members in self._matched_groups()[0]:
             if opts.get("freeze"):
                 for n, p in members:
