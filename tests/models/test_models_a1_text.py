@@ -151,15 +151,16 @@ def test_trainable_layers_and_param_groups():
 
     p = text_preset()
     p["model"]["text_encoder"]["trainable_layers"] = 1
-    p["train"]["groups"] = {"text_encoder": {"lr": 1e-5}, "head": {"lr": 1e-3}}
+    p["train"]["param_groups"] = {"text_encoder": {"lr": 1e-5}}
+    p["train"]["lr"] = 1e-3
     model = build(p)
     enc = model.text_encoder
     assert all(not q.requires_grad for q in enc.embeddings.parameters())
     assert all(not q.requires_grad for q in enc.encoder.layer[0].parameters())
     assert all(q.requires_grad for q in enc.encoder.layer[1].parameters())
     groups = {g["name"]: g for g in model.param_groups()}
-    assert set(groups) == {"text_encoder", "head"}
-    assert groups["text_encoder"]["lr"] == 1e-5 and groups["head"]["lr"] == 1e-3
+    assert set(groups) == {"text_encoder", "rest"}
+    assert groups["text_encoder"]["lr"] == 1e-5 and groups["rest"]["lr"] == 1e-3
     assert sum(q.numel() for q in groups["text_encoder"]["params"]) == sum(
         q.numel() for q in enc.encoder.layer[1].parameters())
     assert len(build_optimizers(model)) == 1

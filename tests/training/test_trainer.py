@@ -33,7 +33,7 @@ def tiny_preset() -> dict:
 def train_once(tmp_path, name: str, epochs: int = 3, crash_after: int | None = None, checkpoint: bool = True):
     torch.manual_seed(0)
     model = build_model("a1", tiny_preset(), LABELS)
-    cfg = TrainConfig(epochs=epochs, batch_size=4, lr=1e-3, seed=7)
+    cfg = TrainConfig(epochs=epochs, batch_size=4, seed=7)
     store = open_store(str(tmp_path / "store"))
     ck = Checkpointer(store, f"ck/{name}.pt") if checkpoint else None
 
@@ -78,7 +78,7 @@ def test_checkpoints_leave_frozen_weights_out_and_resume_the_same(tmp_path):
             if epoch == crash_after:
                 raise KeyboardInterrupt("simulated kill")
 
-        fit(model, make_items(16), make_items(8, seed=1), TrainConfig(epochs=3, batch_size=4, lr=1e-3, seed=7),
+        fit(model, make_items(16), make_items(8, seed=1), TrainConfig(epochs=3, batch_size=4, seed=7),
             device=torch.device("cpu"), checkpointer=ck, after_epoch=after_epoch, progress=False)
         return model, frozen, ck
 

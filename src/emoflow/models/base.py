@@ -9,6 +9,7 @@ input_ids [B,L] + attention_mask [B,L]; dialogue [B] long; labels [B] long.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import inspect
 from typing import Any
 
@@ -56,6 +57,7 @@ class EmotionModel(nn.Module):
         self.tokenizer = None
         self.max_length = int(self.preset.get("model", {}).get("max_length", 128))
         self.progress = 0.0
+        self._eval_modules: list[str] = []  # frozen by train.param_groups: kept in eval mode
 
     # ------------------------------------------------------------------ text helpers
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -111,51 +113,106 @@ class EmotionModel(nn.Module):
         """The speech branch whose size `emoflow models presets` shows apart; None by default."""
         return None
 
+    # keys a train.param_groups entry may set (subclasses may add their own, e.g. A2's lr_by_mode)
+    group_keys: frozenset[str] = frozenset({"params", "optimizer", "lr", "weight_decay", "momentum", "freeze"})
+
+    def _matched_groups(self) -> tuple[list[tuple[str, dict, list[str], list[tuple[str, nn.Parameter]]]], list]:
+        """Parameters by preset ``train.param_groups`` (see ``param_groups``): [(group name,
+        options, patterns, [(param name, param)])] in preset order, and the unmatched [(name, param)]."""
+        train = self.preset.get("train") or {}
+        if "groups" in train:
+            raise ValueError(f"{self.arch}: train.groups is now train.param_groups ({{name: {{params: "
+                             f"[module patterns], lr, weight_decay, freeze, optimizer}}}}); got groups {train['groups']!r}")
+        spec = train.get("param_groups") or {}
+        if not isinstance(spec, dict):
+            raise ValueError(f"{self.arch}: train.param_groups must be a mapping name -> options, got {spec!r}")
+        named = list(self.named_parameters())
+        taken: set[str] = set()
+        matched = []
+        for gname, opts in spec.items():
+            opts = dict(opts or {})
+            unknown = sorted(set(opts) - self.group_keys)
+            if unknown:
+                raise ValueError(f"{self.arch}: train.param_groups.{gname} has unknown keys {unknown} "
+                                 f"(known: {sorted(self.group_keys)})")
+            patterns = opts.pop("params", gname)
+            patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+            if not any(param_matches(n, pt) for n, _ in named for pt in patterns):
+                top = sorted({n.split(".")[0] for n, _ in named})
+                raise ValueError(f"{self.arch}: train.param_groups.{gname}: {patterns} match no parameter "
+                                 f"(top-level modules: {top})")
+            members = [(n, p) for n, p in named if n not in taken and any(param_matches(n, pt) for pt in patterns)]
+            taken.update(n for n, _ in members)
+            matched.append((str(gname), opts, patterns, members))
+        return matched, [(n, p) for n, p in named if n not in taken]
+
+    def freeze_param_groups(self) -> list[str]:
+        """Freeze the parameters of every ``param_groups`` entry with ``freeze: true`` (build_model
+        calls this once the model is built); a pattern naming a whole module also keeps that
+        module in eval mode while the model trains (no dropout, fixed BatchNorm statistics: a
+        frozen feature extractor). Returns the frozen parameter names."""
+        frozen, modules = [], dict(self.named_modules())
+        if not (self.preset.get("train") or {}).get("param_groups"):
+            return frozen  # (nothing to freeze; a model saved with the old train.groups still loads)
+        for _, opts, patterns, members in self._matched_groups()[0]:
+            if opts.get("freeze"):
+                for n, p in members:
+                    p.requires_grad_(False)
+                    frozen.append(n)
+                for pattern in patterns:
+                    if pattern in modules and pattern not in self._eval_modules:
+                        self._eval_modules.append(pattern)
+        if self._eval_modules:
+            self.train(self.training)
+        return frozen
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name in self._eval_modules:
+            self.get_submodule(name).eval()
+        return self
+
     def param_groups(self) -> list[dict[str, Any]]:
-        """Optimizer parameter groups: dicts with name, params, optimizer, lr (+ options).
+        """Optimizer parameter groups from the preset: dicts with name, params, optimizer, lr,
+        weight_decay (+ momentum).
 
-        Default: one group from preset["train"]. Architectures with per-module settings override
-        this (see preset ``train.groups``).
+        ``train.param_groups`` maps a group name to options ``{params: <pattern or list>, lr,
+        weight_decay, momentum, optimizer, freeze}``; a pattern is a module name ("text_encoder":
+        every parameter under it) or a glob over parameter names ("text_encoder.encoder.layer.1?.*");
+        without ``params`` the group name is the pattern. Each parameter joins the first group
+        that matches it; unset options and the parameters no group matches ("rest") take the
+        ``train`` section's optimizer, lr, weight_decay (and momentum). Frozen parameters
+        (``freeze: true``, or frozen by the model) are in no group.
         """
-        train = self.preset.get("train", {})
-        params = [p for p in self.parameters() if p.requires_grad]
-        return [
-            {
-                "name": "all",
-                "params": params,
-                "optimizer": train.get("optimizer", "adam"),
-                "lr": float(train.get("lr", 1e-3)),
-                "weight_decay": float(train.get("weight_decay", 0.0)),
-            }
-        ]
-
-    def _groups_from_preset(self, modules: dict[str, list[nn.Parameter]]) -> list[dict[str, Any]]:
-        """Build groups from preset train.groups {name: {optimizer, lr, ...}} and named params."""
-        train = self.preset.get("train", {})
-        cfg = train.get("groups") or {}
-        groups, seen = [], set()
-        for name, params in modules.items():
-            params = [p for p in params if p.requires_grad and id(p) not in seen]
-            seen.update(id(p) for p in params)
+        train = self.preset.get("train") or {}
+        defaults: dict[str, Any] = {"optimizer": train.get("optimizer", "adam"), "lr": train.get("lr", 1e-3),
+                                    "weight_decay": train.get("weight_decay", 0.0)}
+        if "momentum" in train:
+            defaults["momentum"] = train["momentum"]
+        matched, rest = self._matched_groups()
+        groups = []
+        for gname, opts, _, members in [*matched, ("rest", {}, [], rest)]:
+            params = [p for _, p in members if p.requires_grad]
             if not params:
                 continue
-            g = dict(cfg.get(name, {}))
-            g.setdefault("optimizer", train.get("optimizer", "adam"))
-            g.setdefault("lr", train.get("lr", 1e-3))
-            g.setdefault("weight_decay", train.get("weight_decay", 0.0))
-            g["lr"] = float(g["lr"])
-            g["weight_decay"] = float(g["weight_decay"])
-            groups.append({"name": name, "params": params, **g})
-        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in seen]
-        if rest:
-            raise RuntimeError(f"{self.arch}: {len(rest)} trainable parameters in no optimizer group")
+            g = {**defaults, **{k: v for k, v in opts.items() if k != "freeze"}}
+            for key in ("lr", "weight_decay", "momentum"):
+                if key in g:
+                    g[key] = float(g[key])
+            groups.append({"name": gname, "params": params, **g})
         return groups
 
 
-def build_optimizers(model: EmotionModel) -> list[torch.optim.Optimizer]:
-    """One torch optimizer per optimizer type in model.param_groups() (e.g. SGD speech + Adam text)."""
+def param_matches(name: str, pattern: str) -> bool:
+    """A parameter name matches a module name (itself or anything under it) or a glob."""
+    return name == pattern or name.startswith(pattern + ".") or fnmatch.fnmatchcase(name, pattern)
+
+
+def build_optimizers(model: EmotionModel, groups: list[dict] | None = None) -> list[torch.optim.Optimizer]:
+    """One torch optimizer per optimizer type in ``groups`` (default: model.param_groups()), e.g.
+    SGD speech + Adam text."""
     by_type: dict[str, list[dict]] = {}
-    for g in model.param_groups():
+    for g in model.param_groups() if groups is None else groups:
         g = dict(g)
         by_type.setdefault(str(g.pop("optimizer")).lower(), []).append(g)
     opts = []

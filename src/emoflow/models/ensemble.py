@@ -49,8 +49,7 @@ class SeedEnsemble(nn.Module):
 
     def encoders(self) -> dict[str, nn.Module]:
         """Encoder configs are the same for every member: member 0's (see save_model)."""
-        own = getattr(self.members[0], "encoders", None)
-        return own() if own else {}
+        return self.members[0].encoders()
 
     def forward(self, batch: dict, mode: str = "both") -> dict[str, torch.Tensor]:
         outs = [m(batch, mode=mode) for m in self.members]

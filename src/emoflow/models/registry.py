@@ -174,8 +174,9 @@ def build_model(arch: str, preset: dict, labels: list[str]):
         raise TypeError(f"preset must be a dict, got {type(preset).__name__}")
     if preset.get("arch", arch) != arch:
         raise ValueError(f"preset is for arch {preset.get('arch')!r}, not {arch!r}")
-    cls = get_arch(arch)
-    return cls(preset, list(labels))
+    model = get_arch(arch)(preset, list(labels))
+    model.freeze_param_groups()  # train.param_groups entries with freeze: true
+    return model
 
 
 def load_preset(arch: str, name: str) -> dict:
@@ -199,6 +200,46 @@ def list_presets() -> list[tuple[str, str]]:
 
 
 # ------------------------------------------------------------------ paper facts
+SOURCE_PAPER = re.compile(r'^paper: ".+?" \([^)]+\)')   # paper: "<quote>" (<where>) [more]
+SOURCE_CHOICE = re.compile(r"^choice: \S")                  # choice: <reason>
+UNSOURCED = ("arch", "name", "sources")
+
+
+def is_paper_preset(name: str) -> bool:
+    """``paper`` and its variants (``paper-<variant>``): presets that claim to follow the paper."""
+    return name == "paper" or name.startswith("paper-")
+
+
+def _leaf_keys(tree: dict, prefix: str = "") -> Iterator[str]:
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            yield from _leaf_keys(value, path + ".")
+        else:
+            yield path
+
+
+def source_problems(preset: dict) -> list[str]:
+    """What is wrong with a preset's ``sources`` (dotted key -> ``paper: "<quote>" (<where>)`` or
+    ``choice: <reason>``; an entry for a mapping covers every key under it): keys with no entry,
+    entries that are neither form, and entries for keys the preset does not have."""
+    sources = preset.get("sources") or {}
+    if not isinstance(sources, dict):
+        return [f"sources must be a mapping of dotted keys, got {type(sources).__name__}"]
+    problems = [f"{k}: {v!r} is neither 'paper: \"<quote>\" (<where>)' nor 'choice: <reason>'"
+                for k, v in sources.items() if not (isinstance(v, str) and (SOURCE_PAPER.match(v) or SOURCE_CHOICE.match(v)))]
+    body = {k: v for k, v in preset.items() if k not in UNSOURCED}
+    leaves = list(_leaf_keys(body))
+    for leaf in leaves:
+        parts = leaf.split(".")
+        if not any(".".join(parts[:i]) in sources for i in range(1, len(parts) + 1)):
+            problems.append(f"{leaf}: no source (paper quote or choice)")
+    for key in sources:
+        if not any(leaf == key or leaf.startswith(key + ".") for leaf in leaves):
+            problems.append(f"{key}: annotated but not in the preset")
+    return problems
+
+
 def paper_facts(arch: str) -> dict[str, Any]:
     """<arch folder>/paper.yaml: paper, corpus, protocol, figures {metric: percent}, note, and
     reference (shown beside the paper preset's parameter counts). Empty when the folder has none."""
@@ -338,6 +379,7 @@ def count_preset(arch: str, name: str) -> dict:
 
 PRESET_ROLES = {
     "tiny": "CI size, random init",
+    "paper-frozen": "the paper's model over frozen pretrained encoders (learned layer mix)",
     "demo": "tiny speech branch + frozen offline MiniLM text encoder",
     "offline": "offline encoders (Whisper / GE2E / MiniLM / MPNet), no hub needed",
     "offline-speech": "speech only, cached offline encoders",

@@ -275,7 +275,7 @@ def run_training(
     if not skip_final:
         _final_fit(summary, data, arch, preset, labels, out_dir, seed=seed, dev=dev,
                    final_epoch_count=final_epoch_count, checkpointer=checkpointer, progress=progress,
-                   results=results)
+                   results=results, fold_epochs=cfg.epochs)
     (out_dir / "predictions.json").write_text(json.dumps(summary, indent=1, default=float))
     # done: the checkpoints only served a retry; a fold task drops its own fold's files only
     # (other folds of the run may still be training)
@@ -286,8 +286,9 @@ def run_training(
 
 def _final_fit(summary: dict, data: "_LazyData", arch: str, preset: dict, labels: list[str], out_dir: Path, *,
                seed: int, dev, final_epoch_count: int | None, checkpointer, progress: bool,
-               results: ResultCache | None) -> None:
-    """Fit on every group for the median of the folds' best epochs; save to out_dir/model."""
+               results: ResultCache | None, fold_epochs: int) -> None:
+    """Fit on every group for the median of the folds' best epochs (training-progress schedules
+    as in the folds' ``fold_epochs``-epoch runs); save to out_dir/model."""
     from emoflow.models import SeedEnsemble, build_model, ensemble_size, save_model
 
     folds = summary["folds"]
@@ -301,7 +302,7 @@ def _final_fit(summary: dict, data: "_LazyData", arch: str, preset: dict, labels
         work.reused("final_fits")
         summary.update(reused)
         return
-    final_cfg = TrainConfig.from_preset(preset, epochs=n_final, seed=seed, patience=None)
+    final_cfg = TrainConfig.from_preset(preset, epochs=n_final, seed=seed, patience=None, schedule_epochs=fold_epochs)
     members, fused = [], []
     for k in range(n_members):
         seed_everything(seed + k)
@@ -408,7 +409,8 @@ def finalize_training(
 
     summary["device"] = str(dev)
     _final_fit(summary, data, arch, preset, labels, out_dir, seed=seed, dev=dev,
-               final_epoch_count=None, checkpointer=checkpointer, progress=progress, results=results)
+               final_epoch_count=None, checkpointer=checkpointer, progress=progress, results=results,
+               fold_epochs=cfg.epochs)
     (out_dir / "predictions.json").write_text(json.dumps(summary, indent=1, default=float))
     checkpointer.drop()
     return summary

@@ -1,7 +1,8 @@
 """One trainer for every architecture.
 
 - device auto: CUDA when present (bf16 autocast), else CPU in fp32;
-- optimiser and schedule named by the preset's ``train`` section;
+- optimizers from the model's parameter groups (``train.param_groups``: learning rate, weight
+  decay, freezing per module; each group logged), schedule named by the preset's ``train`` section;
 - seeded and reproducible: data order and dropout depend only on (seed, epoch), so a run resumed
   from its last checkpoint ends with the same weights as an uninterrupted one;
 - model selection and early stopping on validation UA, or WA / weighted F1 (``select_on``; the
@@ -46,11 +47,12 @@ log = logging.getLogger("emoflow.training")
 @dataclass
 class TrainConfig:
     epochs: int = 10
+    # epochs over which training progress runs 0 -> 1 (the model's schedules, e.g. A4's modality
+    # masking, and the cosine LR); default: epochs. The final refit, shorter than the folds' runs,
+    # keeps the folds' value so its schedule at epoch e is the one the folds had at epoch e.
+    schedule_epochs: int | None = None
     batch_size: int = 16
-    optimizer: str = "adam"          # adam | adamw | sgd
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
+    # optimizer, lr, weight_decay, momentum, param_groups: read by the model (param_groups)
     grad_clip: float | None = 5.0
     scheduler: str = "constant"      # constant | step | cosine | halve_after
     scheduler_args: dict = field(default_factory=dict)
@@ -67,8 +69,8 @@ class TrainConfig:
 
     @classmethod
     def from_preset(cls, preset: dict, **overrides: Any) -> "TrainConfig":
-        """The preset's ``train`` section; keys the trainer does not know (e.g. optimizer groups)
-        belong to the model. ``scheduler`` may be a name or ``{name: ..., <args>}``."""
+        """The preset's ``train`` section; keys the trainer does not know (e.g. ``param_groups``,
+        read by ``EmotionModel.param_groups``) belong to the model. ``scheduler`` may be a name or ``{name: ..., <args>}``."""
         known = set(cls.__dataclass_fields__)
         section = dict(preset.get("train") or {})
         sched = section.get("scheduler")
@@ -154,10 +156,19 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-def make_optimizers(model: EmotionModel, cfg: TrainConfig | None = None) -> list[torch.optim.Optimizer]:
-    """The model's parameter groups (``EmotionModel.param_groups``), one optimizer per type
-    (e.g. SGD speech + Adam text)."""
-    return build_optimizers(model)
+def make_optimizers(model: EmotionModel, cfg: TrainConfig | None = None, name: str = "train") -> list[torch.optim.Optimizer]:
+    """The optimizers of a fit, built in this one place from the model's parameter groups
+    (``EmotionModel.param_groups``: the preset's ``train.param_groups``), one optimizer per type
+    (e.g. SGD speech + Adam text); every group is logged."""
+    groups = model.param_groups()
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    for g in groups:
+        log.info("%s: param group %s: %s parameters, %s lr %.3g weight_decay %.3g%s", name, g["name"],
+                 f"{sum(p.numel() for p in g['params']):,}", g["optimizer"], g["lr"], g["weight_decay"],
+                 f" momentum {g['momentum']:.3g}" if "momentum" in g else "")
+    if frozen:
+        log.info("%s: %s frozen parameters (in no group)", name, f"{frozen:,}")
+    return build_optimizers(model, groups)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
@@ -168,7 +179,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
     if name == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.get("step_size", 10), gamma=args.get("gamma", 0.5))
     if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs))
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.schedule_epochs or cfg.epochs))
     if name == "halve_after":
         # A2 (Padi et al.): constant for `constant_epochs`, then halved every `every` epochs
         hold, every = args.get("constant_epochs", 8), args.get("every", 2)
@@ -209,6 +220,26 @@ def _augmenters(cfg: TrainConfig, epoch: int):
         sampler = ChunkSampler(cfg.chunk_frames, seed=seed + 1)
         chunks = lambda mels: sampler([torch.from_numpy(np.ascontiguousarray(m)) for m in mels])  # noqa: E731
     return spec, chunks
+
+
+def max_wave_samples(preset: dict) -> int | None:
+    """Samples kept of each training waveform: ``features.wave.max_seconds`` x ``sample_rate``
+    (default 16 kHz); None when the preset sets no limit."""
+    wave = (preset.get("features") or {}).get("wave") or {}
+    if wave.get("max_seconds") is None:
+        return None
+    seconds = float(wave["max_seconds"])
+    if seconds <= 0:
+        raise ValueError(f"features.wave.max_seconds must be > 0, got {wave['max_seconds']!r}")
+    return int(round(seconds * int(wave.get("sample_rate", 16000))))
+
+
+def cap_wave(batch: dict, n: int) -> dict:
+    """The batch with each waveform cut to its first ``n`` samples (training only; evaluation and
+    prediction see whole clips)."""
+    if batch["wave"].shape[1] <= n:
+        return batch
+    return {**batch, "wave": batch["wave"][:, :n], "wave_mask": batch["wave_mask"][:, :n]}
 
 
 @torch.inference_mode()
@@ -305,7 +336,7 @@ def fit(
     device = device or pick_device()
     model.to(device)
     seed_everything(cfg.seed)
-    optimizers = make_optimizers(model, cfg)
+    optimizers = make_optimizers(model, cfg, name)
     schedulers = [make_scheduler(opt, cfg) for opt in optimizers]
     start_epoch, best_ua, best_epoch, best_state, history, bad_epochs = 0, -1.0, 0, None, [], 0
     # frozen parameters never change in fit: snapshots and checkpoints leave them out (a frozen
@@ -335,8 +366,9 @@ def fit(
             start_epoch = cfg.epochs
     tokenize = model.tokenize if "text" in model.inputs else None
     sampler = make_batch_sampler(train.items, cfg.batch_size, batch_by=cfg.batch_by, shuffle=True, seed=cfg.seed)
-    steps_per_epoch = len(sampler)
-    total_steps = max(1, cfg.epochs * steps_per_epoch)
+    steps_per_epoch = max(1, len(sampler))
+    schedule_epochs = max(1, cfg.schedule_epochs or cfg.epochs)
+    wave_limit = max_wave_samples(model.preset)
     use_bf16 = device.type == "cuda"
     select_on = selection_metric(cfg)
     multilabel = cfg.task == MULTILABEL
@@ -366,7 +398,9 @@ def fit(
         total, count = 0.0, 0
         bar = tqdm(loader, desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for step, batch in enumerate(bar):
-            model.set_progress((epoch * steps_per_epoch + step) / total_steps)
+            model.set_progress(min(1.0, (epoch + step / steps_per_epoch) / schedule_epochs))
+            if wave_limit is not None and "wave" in batch:
+                batch = cap_wave(batch, wave_limit)
             if spec is not None and "logmel" in batch:
                 batch = spec.augment_batch(batch)
             batch = _to_device(batch, device)

@@ -1,10 +1,12 @@
 """A1: mel-CNN + BERT/Bi-GRU + attention fusion (Makhmudov et al. 2024).
 
 Speech: log-mel [B,T,F] -> two parallel convs, kernels (10,2) and (2,8) (time, freq), 8 channels
-each, "same" padding, concatenated to 16 channels -> four 3x3 convs 16->32->48->64->80, stride 1,
-each + BatchNorm + ReLU, max-pool 2 after conv 1 and 2 -> masked mean over time -> FC.
+each, "same" padding, concatenated to 16 channels (+ BatchNorm with ``speech.parallel_bn``) + ReLU
+-> four 3x3 convs 16->32->48->64->80, stride 1, each + BatchNorm + ReLU, max-pool 2 after conv 1
+and 2 -> masked mean over time -> FC.
 Text: BERT -> FC (100) -> Bi-GRU (hidden 100) over the utterances of a dialogue (batch key
-"dialogue"; each utterance alone when absent) -> FC.
+"dialogue"; each utterance alone when absent) -> FC (``text.out_dim``; ``classes``: the number of
+emotion classes, as in the paper).
 Fusion: F_s, F_t projected to n=250; L = tanh(P F), v = softmax(w^T L), M = F v^T -> FC -> logits.
 v is returned as "modality_weights" [B,2] (audio, text).
 
@@ -19,6 +21,8 @@ Preset options beyond the paper:
   token sequence is computed once and memoised on the model (not saved; at most
   ``text.cache_size`` entries, emptied when full), so epochs after the first skip the encoder;
   exact up to float rounding because a frozen encoder stays in eval mode (no dropout);
+- ``speech.parallel_bn: false`` (the default, for models saved before it): no BatchNorm after
+  the two parallel convolutions (the paper has one after every convolution);
 - class-weighted loss: ``compute_loss(out, labels, class_weight=w)`` (the trainer passes the
   preset's ``train.class_weights``, computed on the training part).
 
@@ -64,12 +68,16 @@ class MelCNN(nn.Module):
         pool_after=(0, 1),
         fc_dim: int = 256,
         dropout: float = 0.3,
+        parallel_bn: bool = False,
     ):
         super().__init__()
         # "same" padding written out (PyTorch convention: the extra pad of an even kernel goes last)
         self.parallel = nn.ModuleList(nn.Conv2d(1, parallel_channels, tuple(k)) for k in parallel_kernels)
         self.parallel_pads = [((k[1] - 1) // 2, k[1] // 2, (k[0] - 1) // 2, k[0] // 2) for k in parallel_kernels]
         c_in = parallel_channels * len(parallel_kernels)
+        # paper: BN + ReLU after EVERY convolution, the two parallel ones included (one BN over
+        # their concatenated channels = one per branch); off only for models saved before it
+        self.parallel_bn = MaskedBatchNorm2d(c_in) if parallel_bn else None
         self.convs = nn.ModuleList()
         self.bns = nn.ModuleList()
         for c in channels:
@@ -89,7 +97,10 @@ class MelCNN(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         lengths = lengths_from_mask(mask, "logmel_mask")
         h = zero_beyond(x.unsqueeze(1), lengths, 2)  # [B,1,T,F]
-        h = F.relu(torch.cat([conv(F.pad(h, pad)) for conv, pad in zip(self.parallel, self.parallel_pads)], dim=1))
+        h = torch.cat([conv(F.pad(h, pad)) for conv, pad in zip(self.parallel, self.parallel_pads)], dim=1)
+        if self.parallel_bn is not None:
+            h = self.parallel_bn(h, lengths, time_dim=2)
+        h = F.relu(h)
         for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
             h = conv(zero_beyond(h, lengths, 2))
             h = F.relu(bn(h, lengths, time_dim=2))
@@ -154,6 +165,7 @@ class A1(EmotionModel):
                 pool_after=sp.get("pool_after", [0, 1]),
                 fc_dim=int(sp.get("fc_dim", 256)),
                 dropout=dropout,
+                parallel_bn=bool(sp.get("parallel_bn", False)),
             )
         else:
             self.speech = None
@@ -172,13 +184,16 @@ class A1(EmotionModel):
             raise ValueError(f"a1: model.text.context must be one of {CONTEXTS}, got {self.context!r}")
         # choice (not in the paper): text.residual concatenates the GRU input to its output
         self.text_residual = bool(tx.get("residual", False)) and self.context == "dialogue"
+        # paper: the FC after the Bi-GRU maps to the emotion classes (``out_dim: classes``)
+        out_dim = tx.get("out_dim", 100)
+        out_dim = self.num_classes if out_dim == "classes" else int(out_dim)
         if self.context == "dialogue":
             g_dim = int(tx.get("gru_hidden", 100))
             self.gru = nn.GRU(t_dim, g_dim, batch_first=True, bidirectional=True)
-            self.text_out = nn.Linear(2 * g_dim + (t_dim if self.text_residual else 0), int(tx.get("out_dim", 100)))
+            self.text_out = nn.Linear(2 * g_dim + (t_dim if self.text_residual else 0), out_dim)
         else:
             self.gru = None
-            self.text_out = nn.Linear(t_dim, int(tx.get("out_dim", 100)))
+            self.text_out = nn.Linear(t_dim, out_dim)
         self.cache_text = bool(tx.get("cache", False))
         if self.cache_text and not spec.get("freeze"):
             raise ValueError("a1: model.text.cache needs a frozen text encoder (text_encoder.freeze: true)")
@@ -200,16 +215,6 @@ class A1(EmotionModel):
 
     def encoders(self) -> dict[str, nn.Module]:
         return {"text_encoder": self.text_encoder}
-
-    def param_groups(self):
-        """One group (preset ``train``), or with ``train.groups`` a ``text_encoder`` group (e.g. a
-        small learning rate to fine-tune it) and a ``head`` group for everything else."""
-        if not self.preset.get("train", {}).get("groups"):
-            return super().param_groups()
-        encoder = list(self.text_encoder.parameters())
-        ids = {id(p) for p in encoder}
-        return self._groups_from_preset({"text_encoder": encoder,
-                                         "head": [p for p in self.parameters() if id(p) not in ids]})
 
     def speech_frontend(self) -> nn.Module:
         return self.speech if self.speech is not None else nn.Module()  # text-only: no parameters

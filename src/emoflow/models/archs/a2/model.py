@@ -266,24 +266,14 @@ class A2(EmotionModel):
                 losses.append(loss_of(out[key], labels.repeat(copies, *[1] * (labels.dim() - 1)), class_weight))
         return sum(losses)
 
+    group_keys = EmotionModel.group_keys | {"lr_by_mode"}
+
     def param_groups(self):
-        """Optimizer groups from train.groups: ``speech_fc`` (the segment-level FC layers: the
-        speaker network's embedding layer and the emotion head), ``speech_backbone`` (the
-        frame-level convolutions, or the whole speech encoder of the other backbones) and
-        ``text``; a preset giving one ``speech`` group puts both speech parts in it. A group's
-        ``lr_by_mode`` {linear_probe: lr, finetune: lr} picks its learning rate by ``model.speech.mode``."""
-        if self.backbone == "resnet34":
-            backbone = self.speech.net.conv_parameters()
-            fc = list(self.speech.net.seg_1.parameters()) + list(self.speech_head.parameters())
-        else:
-            backbone, fc = list(self.speech.parameters()), list(self.speech_head.parameters())
-        text = list(self.text_encoder.parameters()) + list(self.text_head.parameters())
-        given = self.preset.get("train", {}).get("groups") or {}
-        speech = {"speech": fc + backbone} if "speech" in given else {"speech_fc": fc, "speech_backbone": backbone}
-        groups = self._groups_from_preset({**speech, "text": text})
+        """The preset's param_groups; a group's ``lr_by_mode`` {linear_probe: lr, finetune: lr}
+        picks its learning rate by ``model.speech.mode``."""
+        groups = super().param_groups()
         for g in groups:
-            lr_by_mode = given.get(g["name"], {}).get("lr_by_mode")
+            lr_by_mode = g.pop("lr_by_mode", None)
             if lr_by_mode:
                 g["lr"] = float(lr_by_mode[self.speech_mode])
-            g.pop("lr_by_mode", None)
         return groups

@@ -105,14 +105,6 @@ class A3(EmotionModel):
             out["speech_encoder"] = self.speech_encoder
         return out
 
-    def param_groups(self):
-        """speech encoder / text encoder / heads, each with its own settings from train.groups."""
-        enc = {"speech_encoder": list(self.speech_encoder.parameters()) if self.speech_encoder is not None else [],
-               "text_encoder": list(self.text_encoder.parameters()) if self.text_encoder is not None else []}
-        taken = {id(p) for ps in enc.values() for p in ps}
-        heads = [p for p in self.parameters() if id(p) not in taken]
-        return self._groups_from_preset({**enc, "heads": heads})
-
     def check(self, batch: dict, mode: str) -> None:
         super().check(batch, mode)
         if self.cached and mode in ("both", "audio"):

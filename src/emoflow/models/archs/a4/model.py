@@ -13,7 +13,11 @@ Random modality masking (training only): with probability p(progress) per sample
 cross-attention mask. p decays linearly from p0 = 0.8 at the start to 0 at 70 % of training
 (`masking_probability`); the trainer calls `set_progress(progress)` every step.
 A masked modality therefore cannot change any logit. Audio-only / text-only inference uses only
-the keys of the present modality. With "speech_emb" in the preset's inputs (the ``offline``
+the keys of the present modality.
+
+Text token states: the last layer's (``model.text_layers: last``), or ``mix``: a learned
+softmax-weighted sum of every hidden state (embeddings + each layer), e.g. over a frozen encoder
+(``text_encoder.freeze: true``: the "pre-trained features" of the paper used as features). With "speech_emb" in the preset's inputs (the ``offline``
 preset), the speech frames are cached frozen-encoder frames from the batch ("speech_emb" +
 "speech_emb_mask", features step) of width ``model.speech_emb.frame_dim``, not a live encoder. A batch may carry "modality_keep" [B,2] bool (audio, text) to
 mask modalities explicitly; the mask used is returned as "modality_keep".
@@ -89,6 +93,13 @@ class A4(EmotionModel):
         self.tokenizer, self.text_encoder = load_text_encoder(spec)
         if getattr(self.text_encoder, "pooler", None) is not None:
             self.text_encoder.pooler = None  # token states only
+        # which token states: the last layer's, or a learned softmax-weighted mix of every hidden
+        # state (embeddings + each layer; e.g. over a frozen encoder: text_encoder.freeze)
+        self.text_layers = m.get("text_layers", "last")
+        if self.text_layers not in ("last", "mix"):
+            raise ValueError(f"a4: model.text_layers must be 'last' or 'mix', got {self.text_layers!r}")
+        if self.text_layers == "mix":
+            self.text_layer_weights = nn.Parameter(torch.zeros(self.text_encoder.config.num_hidden_layers + 1))
         self.audio_proj = nn.Linear(h_a, d)
         self.text_proj = nn.Linear(self.text_encoder.config.hidden_size, d)
 
@@ -121,15 +132,6 @@ class A4(EmotionModel):
         """p for the given (or current) training progress."""
         return masking_probability(self.progress if progress is None else progress, self.mask_p0, self.mask_end)
 
-    def param_groups(self):
-        """speech encoder / text encoder / rest, each with settings from train.groups."""
-        speech = list(self.speech_encoder.parameters()) if self.speech_encoder is not None else []
-        enc_ids = {id(p) for p in speech} | {id(p) for p in self.text_encoder.parameters()}
-        rest = [p for p in self.parameters() if id(p) not in enc_ids]
-        return self._groups_from_preset(
-            {"speech_encoder": speech, "text_encoder": list(self.text_encoder.parameters()), "fusion": rest}
-        )
-
     def _audio(self, batch):
         if self.cached:
             if "speech_emb" not in batch:
@@ -143,7 +145,13 @@ class A4(EmotionModel):
 
     def _text(self, batch):
         am = batch["attention_mask"].bool()
-        states = self.text_encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        out = self.text_encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                output_hidden_states=self.text_layers == "mix")
+        if self.text_layers == "mix":
+            w = torch.softmax(self.text_layer_weights, dim=0)
+            states = sum(w[i] * h for i, h in enumerate(out.hidden_states))
+        else:
+            states = out.last_hidden_state
         h = self.text_enc(self.text_proj(states), src_key_padding_mask=~am)
         return self.text_rescale(h), am
 
