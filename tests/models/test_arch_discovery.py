@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from pathlib import Path
 from importlib.metadata import EntryPoint
 
 import numpy as np
@@ -160,8 +161,15 @@ def test_bad_architecture_folders_are_named(tmp_path, monkeypatch, forget):
 def test_hooks_are_declared_on_the_base_class():
     from emoflow.models import EmotionModel
 
-    for hook in ("set_progress", "compute_loss", "param_groups", "encoders", "speech_frontend"):
+    for hook in ("set_progress", "compute_loss", "param_groups", "encoders", "speech_frontend",
+                 "fit_fusion", "set_fusion"):
         assert callable(getattr(EmotionModel, hook))
+    # late fusion is declared, not probed for: only A2 has it, and the defaults do nothing
+    assert EmotionModel.late_fusion is False and registry.get_arch("a2").late_fusion is True
+    assert not any(registry.get_arch(a).late_fusion for a in ("a1", "a3", "a4"))
+    assert EmotionModel.fit_fusion(None, None, None, None) is None
+    training_run = (Path(__file__).resolve().parents[2] / "src/emoflow/training/run.py").read_text()
+    assert "hasattr(" not in training_run
     with pytest.raises(TypeError, match="compute_loss must take class_weight"):
         class NoWeights(EmotionModel):  # noqa: F841
             def compute_loss(self, out, labels):

@@ -105,6 +105,18 @@ class EmotionModel(nn.Module):
                     loss = loss + w * loss_of(out[key], labels, class_weight)
         return loss
 
+    # score-level (late) fusion fitted on held-out training outputs, as A2's: such a model sets
+    # late_fusion and implements fit_fusion / set_fusion; training/run.py calls them on every fold
+    late_fusion: bool = False
+
+    def fit_fusion(self, audio_logp, text_logp, labels, grid=None, metric: str = "ua") -> dict | None:
+        """Fit the fusion of the per-modality scores on a fold's validation outputs, set it, and
+        return the fit (None: no late fusion)."""
+        return None
+
+    def set_fusion(self, fit: dict) -> None:
+        """Set a fusion fit (e.g. the folds' average for the final fit); nothing without late fusion."""
+
     def encoders(self) -> dict[str, nn.Module]:
         """Pretrained encoders by preset key ("text_encoder", "speech_encoder"); none by default."""
         return {}

@@ -101,7 +101,7 @@ def labels_of(utterances: Sequence[Utterance], preset: dict) -> list[str]:
 
 def _fusion_calibration(model, val, device) -> dict | None:
     """Late-fusion models (A2) fit their fusion weight on held-out TRAINING data only."""
-    if not hasattr(model, "fit_fusion") or val is None or not len(val):
+    if not model.late_fusion or val is None or not len(val):
         return None
     pred = predict(model, val, device=device, with_branches=True)
     if "audio_logits" not in pred or "text_logits" not in pred:
@@ -315,7 +315,7 @@ def _final_fit(summary: dict, data: "_LazyData", arch: str, preset: dict, labels
         # the final fit has no held-out part: use the folds' fusion fits (each on its own validation part)
         fusion = [_member(r["fusion"], k) for r in folds.values() if r.get("fusion")]
         fusion = [f for f in fusion if f]
-        if fusion and hasattr(model, "set_fusion"):
+        if fusion and model.late_fusion:
             fused.append(average_fusion(fusion))
             model.set_fusion(fused[-1])
         members.append(model.cpu())

@@ -95,6 +95,7 @@ def fit_fusion_weight(audio_logp, text_logp, labels, grid=None, metric: str = "u
 @register("a2")
 class A2(EmotionModel):
     inputs = {"logmel", "text"}
+    late_fusion = True
     modes = ("both", "audio", "text")
 
     def __init__(self, preset: dict, labels: list[str]):
