@@ -4,15 +4,12 @@ activation; linear probing refused on random weights; chunks, augmented copies, 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
-from speaker_checkpoints import wespeaker_resnet_state, write_wespeaker_folder  # noqa: E402
+from models.speaker_checkpoints import wespeaker_resnet_state, write_wespeaker_folder
 
 LABELS = ["ang", "hap", "neu", "sad"]
 SMALL = {"m_channels": 4, "blocks": (1, 1, 1, 1), "feat_dim": 80, "embed_dim": 16}

@@ -5,8 +5,6 @@ first convolution moved by fine-tuning, and its front-end and activation; the pr
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import torch
 import yaml
@@ -14,11 +12,8 @@ import yaml
 from emoflow import runconfig, steps
 from emoflow.models import load_model, load_preset
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "models"))
-from speaker_checkpoints import wespeaker_resnet_state, write_wespeaker_folder  # noqa: E402
-from test_recipes import RECIPES, iemocap_fixture  # noqa: E402
+from models.speaker_checkpoints import wespeaker_resnet_state, write_wespeaker_folder
+from recipes.test_recipes import RECIPES, iemocap_fixture
 
 
 def test_padi2022_recipe_trains_from_a_wespeaker_checkpoint(tmp_path):
