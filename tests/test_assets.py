@@ -371,7 +371,8 @@ PRESET_ASSETS = {
     ("a2", "offline"): ["minilm", "resemblyzer"], ("a2", "paper"): ["minilm"], ("a2", "tiny"): ["minilm"],
     ("a3", "offline"): ["minilm", "resemblyzer", "whisper-base"],
     ("a3", "offline-speech"): ["resemblyzer", "whisper-base"], ("a3", "paper"): ["minilm"], ("a3", "tiny"): ["minilm"],
-    ("a4", "offline"): ["mpnet"], ("a4", "paper"): ["mpnet"], ("a4", "tiny"): ["mpnet"],
+    ("a4", "offline"): ["mpnet"], ("a4", "paper"): ["mpnet"], ("a4", "paper-frozen"): ["mpnet"],
+    ("a4", "tiny"): ["mpnet"],
 }
 
 

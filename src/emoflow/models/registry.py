@@ -394,8 +394,10 @@ def describe_presets() -> list[dict]:
 def format_presets(rows: list[dict] | None = None) -> str:
     """A plain-text table of describe_presets()."""
     rows = describe_presets() if rows is None else rows
-    lines = [f"{'arch':5} {'preset':7} {'params':>12} {'trainable':>12}  encoders"]
+    wa = max([5, *(len(r["arch"]) for r in rows)])
+    wp = max([7, *(len(r["preset"]) for r in rows)])
+    lines = [f"{'arch':{wa}} {'preset':{wp}} {'params':>12} {'trainable':>12}  encoders"]
     for r in rows:
         enc = ", ".join(f"{k}={v / 1e6:.1f}M" for k, v in r["encoders"].items())
-        lines.append(f"{r['arch']:5} {r['preset']:7} {r['params']:>12,} {r['trainable']:>12,}  {enc}")
+        lines.append(f"{r['arch']:{wa}} {r['preset']:{wp}} {r['params']:>12,} {r['trainable']:>12,}  {enc}")
     return "\n".join(lines)
