@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from emoflow.storage import LocalStore, StoreError, StoreKeyError, fetch_to_local, open_store, read_uri, split_uri
+from emoflow.storage import (LocalStore, StoreError, StoreKeyError, fetch_prefix_once, fetch_to_local, open_store,
+                             read_uri, split_uri)
 from emoflow.storage.base import TMP_MARKER
 from emoflow.storage.local import atomic_write
 
@@ -143,3 +144,17 @@ def test_no_accepted_key_escapes_the_root(tmp_path):
         assert store.root in path.parents, (key, path)
 
     check()
+
+
+def test_fetch_prefix_once_copies_a_folder_once_and_names_an_empty_prefix(tmp_path):
+    src = open_store(str(tmp_path / "mirror"))
+    src.put_bytes("model/config.json", b"{}")
+    src.put_bytes("model/weights.bin", b"w" * 10)
+    target = fetch_prefix_once(src.uri("model"), tmp_path / "cache")
+    assert (target / "config.json").read_bytes() == b"{}" and (target / ".complete").exists()
+    src.put_bytes("model/weights.bin", b"changed")  # a complete copy is not fetched again
+    assert (fetch_prefix_once(src.uri("model"), tmp_path / "cache") / "weights.bin").read_bytes() == b"w" * 10
+    with pytest.raises(StoreKeyError, match="no files under"):
+        fetch_prefix_once(src.uri("nothing"), tmp_path / "other")
+    assert not (tmp_path / "other" / ".complete").exists()
+

@@ -84,7 +84,7 @@ def _hub_offline() -> bool:
 def _download_store_source(uri: str) -> Path:
     """A checkpoint file or folder in a store (s3://, file://) copied into the local cache once."""
     from emoflow.config import config_hash, home
-    from emoflow.storage import open_store, read_uri
+    from emoflow.storage import StoreKeyError, fetch_prefix_once, read_uri
 
     uri = uri.rstrip("/")
     target = home() / "cache" / "speaker" / config_hash(uri)
@@ -97,16 +97,10 @@ def _download_store_source(uri: str) -> Path:
             tmp.write_bytes(read_uri(uri))
             tmp.replace(path)
         return path
-    if (target / ".complete").exists():
-        return target
-    store = open_store(uri)
-    keys = store.list("")
-    if not keys:
-        raise SpeakerCheckpointError(f"speaker checkpoint {uri!r}: no files there")
-    for key in keys:
-        store.get_file(key, target / key)
-    (target / ".complete").write_text(uri + "\n")
-    return target
+    try:
+        return fetch_prefix_once(uri, target)
+    except StoreKeyError:
+        raise SpeakerCheckpointError(f"speaker checkpoint {uri!r}: no files there") from None
 
 
 def resolve_speaker_source(source: str) -> Path:

@@ -3,7 +3,7 @@
     store = open_store("file:///data/store")      # or "/data/store", "s3://bucket/prefix"
     store.put_bytes("a/b.json", b"{}"); store.get_bytes("a/b.json"); store.list("a/")
 
-Full-URI helpers: read_uri(uri), fetch_to_local(uri, path), split_uri(uri).
+Full-URI helpers: read_uri(uri), fetch_to_local(uri, path), fetch_prefix_once(uri, folder), split_uri(uri).
 """
 
 from .base import (
@@ -17,7 +17,7 @@ from .base import (
     check_key,
 )
 from .local import LocalStore
-from .uri import fetch_to_local, open_store, read_uri, split_uri
+from .uri import fetch_prefix_once, fetch_to_local, open_store, read_uri, split_uri
 
 
 def __getattr__(name):
@@ -42,6 +42,7 @@ __all__ = [
     "check_key",
     "open_store",
     "read_uri",
+    "fetch_prefix_once",
     "fetch_to_local",
     "split_uri",
 ]

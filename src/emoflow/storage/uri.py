@@ -107,3 +107,20 @@ def fetch_to_local(uri: str | Path, local_path: str | Path, **s3_options) -> Pat
         return open_store(base, **s3_options).get_file(key, dest)
     except StoreKeyError:
         raise StoreKeyError(str(uri)) from None
+
+
+def fetch_prefix_once(uri: str, target: str | Path) -> Path:
+    """Copy every object under a store prefix into the folder ``target``, once: a ``.complete``
+    marker (written last) makes later calls return at once. StoreKeyError when nothing is there."""
+    target = Path(target)
+    if (target / ".complete").exists():
+        return target
+    store = open_store(uri)
+    keys = store.list("")
+    if not keys:
+        raise StoreKeyError(f"no files under {uri!r}")
+    for key in keys:
+        store.get_file(key, target / key)
+    (target / ".complete").write_text(uri + "\n")
+    return target
+

@@ -72,19 +72,13 @@ def resolve_source(source: str) -> Path | str:
 def download_mirror(uri: str) -> Path:
     """Copy a mirrored model folder from a store into $EMOFLOW_HOME/cache/hf/<hash> (once)."""
     from emoflow.config import config_hash, home
-    from emoflow.storage import open_store
+    from emoflow.storage import StoreKeyError, fetch_prefix_once
 
     target = home() / "cache" / "hf" / config_hash(uri.rstrip("/"))
-    if (target / ".complete").exists():
-        return target
-    store = open_store(uri.rstrip("/"))
-    keys = store.list("")
-    if not keys:
-        raise EncoderLoadError(f"no files under {uri!r}; mirror a model there first (`emoflow mirror <hub-id> {uri}`)")
-    for key in keys:
-        store.get_file(key, target / key)
-    (target / ".complete").write_text(uri + "\n")
-    return target
+    try:
+        return fetch_prefix_once(uri.rstrip("/"), target)
+    except StoreKeyError:
+        raise EncoderLoadError(f"no files under {uri!r}; mirror a model there first (`emoflow mirror <hub-id> {uri}`)") from None
 
 
 def _hub_error(source: str, exc: Exception) -> EncoderLoadError:
