@@ -17,12 +17,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 from starlette.routing import Match
 
 from emoflow.serving.admission import BODY_COPIES, Hold, MemoryBudget, Overloaded, TooLarge
+from emoflow.serving.oip import error_response, send_response
 
 log = logging.getLogger("emoflow.serving")
 
@@ -103,14 +103,6 @@ class ResponseMetrics:
             count_response(route_template(scope), status if status is not None else 500)
 
 
-def _error(status: int, message: str, extra: list[tuple[bytes, bytes]] = ()) -> tuple[dict, dict]:
-    body = json.dumps({"error": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close"), *extra]
-    return ({"type": "http.response.start", "status": status, "headers": headers},
-            {"type": "http.response.body", "body": body})
-
-
 class RequestGuard:
     """ASGI middleware for requests with a body: size limit (413), memory budget (503 +
     Retry-After) and body deadline (408); each of them closes the connection."""
@@ -123,10 +115,8 @@ class RequestGuard:
         self.body_timeout_s = body_timeout_s
         self.hint = hint
 
-    async def _reply(self, send, status: int, message: str, extra=()) -> None:
-        start, body = _error(status, message, extra)
-        await send(start)
-        await send(body)
+    async def _reply(self, send, status: int, message: str, extra: dict[str, str] | None = None) -> None:
+        await send_response(send, error_response(status, message, {"connection": "close", **(extra or {})}))
 
     def _too_large(self, size: int | None) -> str:
         got = f"{size} bytes" if size is not None else f"more than {self.limit} bytes"
@@ -151,7 +141,7 @@ class RequestGuard:
         except TooLarge as exc:
             return await self._reply(send, 413, str(exc))
         except Overloaded as exc:
-            return await self._reply(send, 503, str(exc), [(b"retry-after", str(exc.retry_after_s).encode())])
+            return await self._reply(send, 503, str(exc), {"retry-after": str(exc.retry_after_s)})
         try:
             body = await self._read(receive, send)
             if body is None:
@@ -234,7 +224,7 @@ def header_deadline_protocol(base: type, timeout_s: float) -> type:
             self._header_timer = None
             if self.transport.is_closing() or self.cycle is not self._armed_cycle:
                 return
-            body = json.dumps({"error": f"the request headers did not arrive within {timeout_s:g} s"}).encode()
+            body = error_response(408, f"the request headers did not arrive within {timeout_s:g} s").body
             self.transport.write(_TIMEOUT_408 % (len(body), body))
             self.transport.close()
             count_response(OTHER, 408)

@@ -282,14 +282,14 @@ class ProtocolMiddleware:
             log_server_error(f"{scope.get('method')} {scope.get('path')}: 500", exc)
             if started:
                 raise
-            await _send(send, error_response(500, f"internal server error ({type(exc).__name__}); "
+            await send_response(send, error_response(500, f"internal server error ({type(exc).__name__}); "
                                                   f"see the server log"))
 
     async def _normalise(self, scope, receive, send):
         headers = [(k, v) for k, v in scope["headers"]]
         names = {k.lower() for k, _ in headers}
         if BINARY_HEADER.encode() in names and not scope["path"].endswith("/infer"):
-            await _send(send, error_response(400, f"the binary tensor extension ({BINARY_HEADER}) is for v2 "
+            await send_response(send, error_response(400, f"the binary tensor extension ({BINARY_HEADER}) is for v2 "
                                                   f"/infer only; V1 requests are JSON"))
             return None, None
         if BINARY_HEADER.encode() not in names:  # a JSON body whatever the Content-Type says
@@ -301,7 +301,7 @@ class ProtocolMiddleware:
             return {**scope, "headers": headers}, receive
         unknown = [c for c in codings if c not in ENCODINGS]
         if unknown:
-            await _send(send, error_response(415, f"Content-Encoding {unknown[0][:40]!r} is not supported; send the "
+            await send_response(send, error_response(415, f"Content-Encoding {unknown[0][:40]!r} is not supported; send the "
                                                   f"body uncompressed, gzip or deflate"))
             return None, None
         body = await _read_body(receive)
@@ -309,11 +309,11 @@ class ProtocolMiddleware:
             for coding in reversed(codings):
                 body = _inflate(body, ENCODINGS[coding], self.limit)
         except OverflowError:
-            await _send(send, error_response(413, f"request body decompresses to more than the limit of "
+            await send_response(send, error_response(413, f"request body decompresses to more than the limit of "
                                                   f"{self.limit} bytes"))
             return None, None
         except zlib.error as exc:
-            await _send(send, error_response(400, f"request body is not valid {codings[0]} data ({exc})"))
+            await send_response(send, error_response(400, f"request body is not valid {codings[0]} data ({exc})"))
             return None, None
         headers = [(k, v) for k, v in headers if k.lower() not in (b"content-encoding", b"content-length")]
         headers.append((b"content-length", str(len(body)).encode()))
@@ -349,7 +349,8 @@ async def _read_body(receive) -> bytes:
     return b"".join(chunks)
 
 
-async def _send(send, response: Response) -> None:
+async def send_response(send, response: Response) -> None:
+    """Send a prepared Response through a raw ASGI ``send`` (from a middleware)."""
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
     await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})
