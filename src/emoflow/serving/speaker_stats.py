@@ -22,7 +22,7 @@ from typing import Collection
 
 import numpy as np
 
-EPS = 1e-5
+from emoflow.evaluation.normalization import EPS  # training's std floor: online and cached inputs agree
 
 
 class _Running:
